@@ -1,0 +1,1 @@
+"""FGVis engine (placeholder until written)."""
