@@ -1,0 +1,13 @@
+"""Evaluation of explanations; imports the core package, never the reverse.
+
+Localization against lesion markings (fundus):
+
+* :mod:`evaluation.localization`: ``score_run`` and the stateful metrics (``LesionSensitivity``,
+  ``ImageDetection``, ``PixelOverlap``, ``FalsePositiveComponents``);
+* :mod:`evaluation.compare`: ``compare_runs`` (own threshold, matched area, chance control);
+* :mod:`evaluation.report`: ``write_report`` (the static HTML report for clinicians).
+
+The other submodules (deletion metric, studies) describe themselves in their docstrings.
+Submodules are imported explicitly (``from evaluation.localization import score_run``) so that
+using one part does not load the others.
+"""

@@ -1,1 +1,59 @@
-"""Placeholder: filled in by its owner."""
+"""``retina-fgvis synth`` and ``retina-fgvis prepare eyepacs``: thin wrappers over the dataset functions."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from retina_fgvis.cli._app import app
+
+prepare_app = typer.Typer(help="Preprocess a dataset once (FOV crop, square, resize, optional Graham).", no_args_is_help=True)
+app.add_typer(prepare_app, name="prepare")
+
+
+def _fail(error: Exception) -> None:
+    Console(stderr=True).print(f"[red]error: {error}[/red]", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@app.command("synth")
+def synth(
+    out: Path = typer.Argument(..., help="Output folder (created)."),
+    n_train: int = typer.Option(400, "--n-train", help="Training images (EyePACS layout, both eyes per patient)."),
+    n_test: int = typer.Option(40, "--n-test", help="Test images (both DiaretDB1 layouts)."),
+    size: int = typer.Option(256, "--size", help="Fundus disc diameter in pixels."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+) -> None:
+    """Write the built-in semi-synthetic fundus set (see retina_fgvis.datasets.synthetic.generate_synthetic)."""
+    from retina_fgvis.datasets.synthetic import generate_synthetic
+
+    try:
+        paths = generate_synthetic(out, n_train=n_train, n_test=n_test, size=size, seed=seed, progress=True)
+    except ValueError as error:
+        _fail(error)
+    console = Console()
+    console.print(f"EyePACS layout:        {paths.eyepacs}")
+    console.print(f"DiaretDB1 v2.1 layout: {paths.diaretdb1}")
+    console.print(f"DiaretDB1 v1.1 layout: {paths.diaretdb1_v1}")
+    console.print(f"per-image grades:      {paths.images_csv}")
+
+
+@prepare_app.command("eyepacs")
+def prepare_eyepacs_command(
+    src: Path = typer.Argument(..., help="EyePACS folder (images in it or in train/, test/; label CSVs)."),
+    dst: Path = typer.Argument(..., help="Output folder, same layout, PNG images."),
+    size: int = typer.Option(512, "--size", help="Output side in pixels."),
+    graham: bool = typer.Option(False, "--graham/--no-graham", help="Graham local-average-colour normalisation."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: one per CPU; 1: no pool)."),
+) -> None:
+    """Crop, square and resize every EyePACS image once; rerun to finish an interrupted run."""
+    from retina_fgvis.datasets.prepare import prepare_eyepacs
+
+    try:
+        summary = prepare_eyepacs(src, dst, size=size, graham=graham, workers=workers, progress=True)
+    except ValueError as error:
+        _fail(error)
+    colour = "red" if summary.failed else "green"
+    Console().print(f"[{colour}]{summary}[/{colour}]", highlight=False)

@@ -1,1 +1,90 @@
-"""Placeholder: filled in by its owner."""
+"""``retina-fgvis evaluate score|compare|report``: thin wrappers over ``evaluation``."""
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+
+from evaluation.compare import compare_runs, comparison_table
+from evaluation.localization import diaretdb1_root, score_run, summary_table
+from evaluation.report import write_report
+from retina_fgvis.cli._app import app
+
+evaluate_app = typer.Typer(
+    help="Score localization runs against the experts' lesion markings, compare methods, write the HTML report.",
+    no_args_is_help=True,
+)
+app.add_typer(evaluate_app, name="evaluate")
+
+_console = Console()
+_DATA_DIR_HELP = ("DiaretDB1 folder (v1.1 or v2.1 layout; for --dataset synthetic the folder written by "
+                  "`retina-fgvis synth`). Default: the data_dir recorded in the run.")
+
+
+class DatasetKind(str, Enum):
+    diaretdb1 = "diaretdb1"
+    synthetic = "synthetic"
+
+
+def _ground_truth(dataset: DatasetKind, data_dir: Optional[Path]) -> Optional[Path]:
+    """What ``score_run``/``compare_runs`` take as ``dataset``: ``None`` = the run's recorded data dir."""
+    return None if data_dir is None else diaretdb1_root(data_dir, dataset.value)
+
+
+def _fail(error: Exception) -> None:
+    Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)
+
+
+@evaluate_app.command("score")
+def score(
+    run: Path = typer.Argument(..., help="Run folder written by `retina-fgvis localize`."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
+    dataset: DatasetKind = typer.Option(DatasetKind.diaretdb1, "--dataset", help="Layout of --data-dir."),
+    tolerance: int = typer.Option(0, "--tolerance", help="A lesion counts as hit within this many pixels."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the chance control's rotation angles."),
+) -> None:
+    """Score a run: RUN/per_image.csv and RUN/summary.json, and print the table."""
+    try:
+        summary = score_run(run, _ground_truth(dataset, data_dir), tolerance=tolerance, seed=seed, progress=True)
+    except ValueError as error:
+        _fail(error)
+    _console.print(summary_table(summary))
+    _console.print(f"wrote {run / 'per_image.csv'} and {run / 'summary.json'}", highlight=False)
+
+
+@evaluate_app.command("compare")
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Run folders; the first sets the matched area (normally FGVis)."),
+    out: Path = typer.Option(..., "--out", help="Folder for comparison.json and comparison.csv."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
+    dataset: DatasetKind = typer.Option(DatasetKind.diaretdb1, "--dataset", help="Layout of --data-dir."),
+    tolerance: int = typer.Option(0, "--tolerance", help="A lesion counts as hit within this many pixels."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the chance control's rotation angles."),
+) -> None:
+    """Compare runs side by side: own threshold, matched area, chance; writes OUT/comparison.json."""
+    try:
+        comparison = compare_runs(runs, out, _ground_truth(dataset, data_dir), tolerance=tolerance, seed=seed,
+                                  progress=True)
+    except ValueError as error:
+        _fail(error)
+    _console.print(comparison_table(comparison))
+    _console.print(f"wrote {out / 'comparison.json'}", highlight=False)
+
+
+@evaluate_app.command("report")
+def report(
+    run: Path = typer.Argument(..., help="A scored run folder (after `retina-fgvis evaluate score`)."),
+    comparison: Optional[Path] = typer.Option(None, "--comparison", help="comparison.json (or its folder) to include."),
+    link_images: bool = typer.Option(False, "--link-images",
+                                     help="Link the run's PNGs by relative path instead of embedding them."),
+) -> None:
+    """Write RUN/report.html: one static page for clinicians (no server needed)."""
+    try:
+        path = write_report(run, comparison, embed=not link_images)
+    except ValueError as error:
+        _fail(error)
+    _console.print(f"wrote {path}", highlight=False)

@@ -1,1 +1,64 @@
-"""Placeholder: filled in by its owner."""
+"""``retina-fgvis localize``: lesion maps for a dataset, then (once every shard is done) scores and a report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from retina_fgvis.cli._app import app
+from retina_fgvis.localize import LocalizeConfig, localize, run_complete
+
+console = Console()
+
+
+def score_and_report(out: str | Path, *, progress: bool = True) -> tuple[dict, Path]:
+    """Merge step: score a finished run folder (``summary.json``), print its table, write ``report.html``."""
+    from evaluation.localization import score_run, summary_table
+    from evaluation.report import write_report
+
+    summary = score_run(out, progress=progress)
+    console.print(summary_table(summary))
+    report = write_report(out)
+    return summary, report
+
+
+def fail(error: Exception) -> None:
+    """The CLI's answer to bad input: one red line, exit code 2."""
+    console.print(f"[red]error: {error}[/red]", highlight=False)
+    raise typer.Exit(2)
+
+
+@app.command("localize")
+def localize_command(
+    data_dir: Path = typer.Option(..., "--data-dir", help="DiaretDB1 folder (v1.1 or v2.1); for synthetic: where the set is (or is built)."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Classifier checkpoint from `retina-fgvis train`."),
+    out: Path = typer.Option(..., "--out", help="Run folder (resumable; shards share it)."),
+    dataset: str = typer.Option("diaretdb1", "--dataset", help="diaretdb1 | synthetic"),
+    split: str = typer.Option("test", "--split", help="test | train | all"),
+    method: str = typer.Option("fgvis", "--method", help="fgvis | gradcam | occlusion"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Images per engine call."),
+    lam: float = typer.Option(1e-10, "--lam", help="FGVis λ (fixed)."),
+    lr: float = typer.Option(0.25, "--lr", help="FGVis learning rate."),
+    max_iter: int = typer.Option(500, "--max-iter", help="FGVis step limit."),
+    stop_score: float = typer.Option(0.10, "--stop-score", help="FGVis stops once the RDR softmax is below this."),
+    threshold: float = typer.Option(0.04, "--threshold", help="Binarize at this fraction of each map's maximum, in (0, 1]."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: this process takes every n-th image from i."),
+    seed: int = typer.Option(0, "--seed", help="FGVis mask initialisation seed."),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+) -> None:
+    """Localize lesions with FGVis (seed's medical settings) or a baseline; score and report when complete."""
+    config = LocalizeConfig(data_dir=data_dir, checkpoint=checkpoint, out=out, dataset=dataset, split=split,
+                            method=method, device=device, batch_size=batch_size, lam=lam, lr=lr, max_iter=max_iter,
+                            stop_score=stop_score, threshold=threshold, shard=shard, seed=seed, progress=progress)
+    try:
+        run = localize(config)
+        if not run_complete(run):
+            console.print(f"shard finished; other shards still running. Score later: retina-fgvis evaluate score {run}")
+            return
+        _, report = score_and_report(run, progress=progress)
+    except ValueError as error:
+        fail(error)
+    console.print(f"report: {report}")

@@ -1,0 +1,364 @@
+"""Localize lesions on a DiaretDB1-style dataset with FGVis or a baseline, one folder per image.
+
+:func:`localize` runs one method over one split and writes a *run folder*::
+
+    OUT/run.json                   config (method, checkpoint + its SHA-256, dataset, data_dir, split,
+                                   threshold, method settings, image_ids) and library versions
+    OUT/images/<id>/maps.npz       importance  H×W float32 in [0, 1], high = important
+                                   binary      H×W bool, importance ≥ threshold · max
+                                   mask        3×H×W float16    (fgvis only: the optimised mask m)
+                                   mean_mask   H×W float32      (fgvis only: channel mean of m)
+    OUT/images/<id>/overlay.png    the experts' markings and the detection (binary ∩ FOV), full size
+    OUT/images/<id>/overlay_thumb.png
+    OUT/images/<id>/record.json    image_id, method, prob_before, prob_after, iterations, lam, threshold, seconds
+
+H×W is the classifier's input resolution. Every file is written atomically and ``record.json`` last,
+so an image is finished exactly when its ``record.json`` exists; a rerun skips finished images and a
+killed run loses nothing. Sharding (``shard="i/n"`` or torchrun's ``RANK``/``WORLD_SIZE``) gives
+process i the images ``i, i+n, i+2n, …`` of the sorted split; shards write into the same folder and
+the scoring, run once every image is finished (:func:`run_complete`), merges them.
+
+FGVis (default) uses the seed's medical settings (supplementary A4.2): deletion game on the RDR class,
+fixed λ = 1e-10, SGD lr 0.25, stop as soon as the RDR softmax falls below 0.10, at most 500 steps,
+reference zero in the normalised input space; importance = 1 − mean mask (how much of each pixel was
+deleted). Grad-CAM and occlusion (:mod:`retina_fgvis.attribution`) explain the same class on the same
+inputs; for them ``prob_after``, ``iterations`` and ``lam`` are ``null``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from retina_fgvis._io import atomic_save_npz, atomic_write_json, atomic_write_png, write_run_info
+from retina_fgvis.binarize import SEED_THRESHOLD, binarize_relative, check_threshold
+from retina_fgvis.runtime import progress_bar, resolve_device
+
+__all__ = ["LocalizeConfig", "localize", "run_complete", "select_shard", "parse_shard", "open_dataset",
+           "METHODS", "DATASETS", "SPLITS"]
+
+METHODS = ("fgvis", "gradcam", "occlusion")
+DATASETS = ("diaretdb1", "synthetic")
+SPLITS = ("test", "train", "all")
+# Settings that do not change the results: a run may be resumed or sharded with other values.
+_RUNTIME_KEYS = ("out", "device", "batch_size", "shard", "progress")
+
+
+@dataclass
+class LocalizeConfig:
+    """Everything :func:`localize` needs; the defaults are the seed's medical settings.
+
+    Attributes:
+        data_dir: DiaretDB1 folder (v1.1 or v2.1 layout, or its parent); for ``dataset="synthetic"``
+            the folder holding (or receiving) the built-in semi-synthetic set.
+        checkpoint: classifier checkpoint (``retina-fgvis train``).
+        out: run folder.
+        dataset: ``"diaretdb1"`` or ``"synthetic"``.
+        split: ``"test"``, ``"train"`` or ``"all"``.
+        method: ``"fgvis"``, ``"gradcam"`` or ``"occlusion"``.
+        device: torch device, ``None``/``"auto"`` = CUDA if present (under torchrun: ``cuda:LOCAL_RANK``).
+        batch_size: images per engine call.
+        lam, lr, max_iter, stop_score: FGVis λ, learning rate, step limit and RDR-softmax stop value.
+        threshold: binarization threshold as a fraction of each map's maximum, in (0, 1].
+        shard: ``"i/n"`` (or ``(i, n)``): process only every n-th image starting at i; ``None`` = torchrun's
+            rank/world size when set, else everything.
+        gradcam_layer: Grad-CAM target layer (``None`` = the last conv block).
+        occlusion_window, occlusion_stride: occlusion patch and step in px (``None`` = image size/16, half of it).
+        seed: FGVis seed (mask initialisation).
+        progress: show a progress bar with images/s.
+    """
+
+    data_dir: str | os.PathLike
+    checkpoint: str | os.PathLike
+    out: str | os.PathLike
+    dataset: str = "diaretdb1"
+    split: str = "test"
+    method: str = "fgvis"
+    device: str | None = None
+    batch_size: int = 8
+    lam: float = 1e-10
+    lr: float = 0.25
+    max_iter: int = 500
+    stop_score: float = 0.10
+    threshold: float = SEED_THRESHOLD
+    shard: str | tuple[int, int] | None = None
+    gradcam_layer: str | None = None
+    occlusion_window: int | None = None
+    occlusion_stride: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        """One ``ValueError`` naming the first bad field."""
+        check_threshold(self.threshold)
+        for name, allowed in (("dataset", DATASETS), ("split", SPLITS), ("method", METHODS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("batch_size", "max_iter"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if not float(self.lam) >= 0:
+            raise ValueError(f"lam: expected λ ≥ 0, got {self.lam!r}")
+        if not float(self.lr) > 0:
+            raise ValueError(f"lr: expected a learning rate > 0, got {self.lr!r}")
+        if not 0 < float(self.stop_score) <= 1:
+            raise ValueError(f"stop_score: expected an RDR probability in (0, 1], got {self.stop_score!r}")
+        if self.shard is not None:
+            parse_shard(self.shard)
+
+
+@dataclass
+class _Explanation:
+    """One batch's outputs, tensors on the CPU; absent fields are ``None``."""
+
+    importance: torch.Tensor                      # N×1×H×W, [0, 1], high = important
+    prob_before: torch.Tensor                     # N
+    prob_after: torch.Tensor | None = None        # N
+    iterations: torch.Tensor | None = None        # N
+    lam: torch.Tensor | None = None               # N
+    mask: torch.Tensor | None = None              # N×3×H×W
+    mean_mask: torch.Tensor | None = None         # N×1×H×W
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
+    """``"i/n"`` or ``(i, n)`` with ``0 ≤ i < n`` -> ``(i, n)``; ``ValueError`` naming ``shard`` otherwise."""
+    try:
+        index, count = (int(part) for part in (shard.split("/") if isinstance(shard, str) else shard))
+    except (TypeError, ValueError):
+        raise ValueError(f"shard: expected 'i/n' (e.g. 0/4), got {shard!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"shard: need 0 ≤ i < n, got {shard!r}")
+    return index, count
+
+
+def select_shard(image_ids: list[str], shard: str | tuple[int, int] | None = None) -> list[str]:
+    """The images one process handles: every n-th of the sorted ids, from ``shard`` or torchrun's env."""
+    if shard is None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return sorted(image_ids)
+        shard = (int(os.environ.get("RANK", "0")), world)
+    index, count = parse_shard(shard)
+    return sorted(image_ids)[index::count]
+
+
+def open_dataset(dataset: str, data_dir: str | os.PathLike, *, size: int = 256, seed: int = 0):
+    """Open the ground truth: DiaretDB1 in ``data_dir``, or the semi-synthetic set there.
+
+    For ``"synthetic"`` an existing set (``data_dir/synthetic.json``, e.g. from ``retina-fgvis synth`` or
+    ``train --dataset synthetic``) is reused; otherwise its test images (40, ``size`` px, ``seed``) are built.
+
+    Returns ``(dataset object, resolved folder of its DiaretDB1 layout)``. A folder without DiaretDB1
+    raises ``DatasetError`` (a ``ValueError``) naming it.
+    """
+    from retina_fgvis.datasets.diaretdb1 import open_diaretdb1
+
+    root = Path(data_dir)
+    if dataset == "synthetic":
+        if not (root / "synthetic.json").is_file():
+            from retina_fgvis.datasets.synthetic import generate_synthetic
+
+            generate_synthetic(root, n_train=0, n_test=40, size=size, seed=seed)
+        root = root / "diaretdb1"
+    return open_diaretdb1(root), root.resolve()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _device(config: LocalizeConfig) -> torch.device:
+    if config.device in (None, "auto") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return resolve_device(config.device)
+
+
+def _run_config(config: LocalizeConfig, checkpoint: Path, root: Path, image_ids: list[str],
+                classifier) -> dict[str, Any]:
+    """What run.json records; every key outside ``_RUNTIME_KEYS`` must match for a resume or a shard."""
+    record = {key: value for key, value in dataclasses.asdict(config).items() if key not in _RUNTIME_KEYS}
+    record.update({
+        "checkpoint": str(checkpoint.resolve()),
+        "checkpoint_sha256": _sha256(checkpoint),
+        "data_dir": str(root),
+        "source_dir": str(Path(config.data_dir).resolve()),
+        "image_size": classifier.image_size,
+        "target_class": int(classifier.meta["positive_class"]),
+        "image_ids": sorted(image_ids),
+    })
+    if config.method != "fgvis":
+        for key in ("lam", "lr", "max_iter", "stop_score", "seed"):
+            record.pop(key)
+    if config.method != "gradcam":
+        record.pop("gradcam_layer")
+    if config.method != "occlusion":
+        record.pop("occlusion_window")
+        record.pop("occlusion_stride")
+    record["threshold"] = float(config.threshold)
+    return record
+
+
+def _claim_out(out: Path, run_config: dict[str, Any]) -> None:
+    """Refuse an output folder holding anything but this run (checked before anything is written)."""
+    info_path = out / "run.json"
+    if info_path.is_file():
+        try:
+            previous = json.loads(info_path.read_text(encoding="utf-8"))["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ValueError(f"out: {info_path} is not a localize run record; choose another output folder") from None
+        differing = sorted(key for key in set(previous) | set(run_config) if previous.get(key) != run_config.get(key))
+        if differing:
+            shown = ", ".join(f"{key} {previous.get(key)!r} vs {run_config.get(key)!r}"
+                              for key in differing if key != "image_ids")
+            raise ValueError(f"out: {out} holds another run's results ({shown or 'different images'}); "
+                             f"choose another output folder or delete it")
+    elif out.exists() and any(out.iterdir()):
+        raise ValueError(f"out: {out} is not empty and holds no run.json; choose an empty or new folder")
+
+
+def run_complete(out: str | os.PathLike) -> bool:
+    """Whether every image listed in ``out/run.json`` has its ``record.json`` (all shards done)."""
+    out = Path(out)
+    try:
+        image_ids = json.loads((out / "run.json").read_text(encoding="utf-8"))["config"]["image_ids"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return all((out / "images" / image_id / "record.json").is_file() for image_id in image_ids)
+
+
+def _clear_partial(folder: Path) -> None:
+    """Remove temporary files a killed process left in an unfinished image folder."""
+    if folder.is_dir():
+        for stale in folder.glob(".*.tmp*"):
+            stale.unlink()
+
+
+def _explainer(config: LocalizeConfig, classifier) -> Callable[[torch.Tensor, int], _Explanation]:
+    model = classifier.model
+    if config.method == "fgvis":
+        from retina_fgvis import FGVis
+        from retina_fgvis.fgvis import ScoreBelow
+
+        engine = FGVis(model, game="deletion", reference="zero", lr=float(config.lr), max_iter=config.max_iter,
+                       normalization=classifier.normalization, seed=config.seed, progress=False)
+
+        def explain(x: torch.Tensor, target: int) -> _Explanation:
+            result = engine.attribute(x, target=target, lam=float(config.lam), stop=ScoreBelow(float(config.stop_score)))
+            return _Explanation(
+                importance=result.importance.detach().cpu(), prob_before=result.initial_score.detach().cpu(),
+                prob_after=result.score.detach().cpu(), iterations=result.iterations.detach().cpu(),
+                lam=result.lam.detach().cpu(), mask=result.mask.detach().cpu(),
+                mean_mask=result.mean_mask.detach().cpu())
+        return explain
+
+    from retina_fgvis.attribution import GradCAM, Occlusion
+
+    if config.method == "gradcam":
+        method = GradCAM(model, target_layer=config.gradcam_layer)
+    else:
+        window = config.occlusion_window or max(4, classifier.image_size // 16)
+        method = Occlusion(model, window=window, stride=config.occlusion_stride or max(1, window // 2),
+                           batch_size=max(config.batch_size, 16))
+
+    def explain(x: torch.Tensor, target: int) -> _Explanation:
+        with torch.no_grad():
+            prob = model(x).softmax(dim=1)[:, target]
+        return _Explanation(importance=method.attribute(x, target=target).cpu(), prob_before=prob.cpu())
+    return explain
+
+
+def _value(tensor: torch.Tensor | None, row: int, kind: type) -> Any:
+    return None if tensor is None else kind(tensor[row].item())
+
+
+def _write_image(folder: Path, image_id: str, sample, explanation: _Explanation, row: int,
+                 config: LocalizeConfig, seconds: float) -> None:
+    from retina_fgvis.viz import overlay_lesions, thumbnail
+
+    importance = explanation.importance[row, 0].numpy().astype(np.float32)
+    binary = binarize_relative(importance, config.threshold)
+    arrays = {"importance": importance, "binary": binary}
+    if explanation.mask is not None:
+        arrays["mask"] = explanation.mask[row].numpy().astype(np.float16)
+        arrays["mean_mask"] = explanation.mean_mask[row, 0].numpy().astype(np.float32)
+    atomic_save_npz(folder / "maps.npz", **arrays)
+    overlay = overlay_lesions(sample.image, sample.lesions, binary & np.asarray(sample.fov, bool))
+    atomic_write_png(folder / "overlay.png", overlay)
+    atomic_write_png(folder / "overlay_thumb.png", thumbnail(overlay))
+    atomic_write_json(folder / "record.json", {
+        "image_id": image_id,
+        "method": config.method,
+        "prob_before": _value(explanation.prob_before, row, float),
+        "prob_after": _value(explanation.prob_after, row, float),
+        "iterations": _value(explanation.iterations, row, int),
+        "lam": _value(explanation.lam, row, float),
+        "threshold": float(config.threshold),
+        "seconds": round(seconds, 4),
+    })
+
+
+def localize(config: LocalizeConfig) -> Path:
+    """Run ``config.method`` over the images of ``config.split`` (this process's shard) into ``config.out``.
+
+    Checks everything before writing: a bad setting, a checkpoint that is not a fundus classifier
+    (``CheckpointError``), a folder without DiaretDB1 (``DatasetError``), or an output folder holding
+    another run (``ValueError``) stops with one error and leaves the folder as it was.
+
+    Returns:
+        The run folder. Finished images are skipped; see :func:`run_complete` for whether all shards are done.
+    """
+    from retina_fgvis.models.checkpoint import load_classifier
+
+    config.validate()
+    device = _device(config)
+    checkpoint = Path(config.checkpoint)
+    classifier = load_classifier(checkpoint, map_location=device)
+    dataset, root = open_dataset(config.dataset, config.data_dir, size=classifier.image_size, seed=config.seed)
+    all_ids = list(dataset.image_ids(config.split))
+    if not all_ids:
+        raise ValueError(f"split: no {config.split!r} images in {root}")
+    out = Path(config.out)
+    run_config = _run_config(config, checkpoint, root, all_ids, classifier)
+    _claim_out(out, run_config)
+    write_run_info(out, run_config)
+
+    mine = select_shard(all_ids, config.shard)
+    todo = [image_id for image_id in mine if not (out / "images" / image_id / "record.json").is_file()]
+    explain = _explainer(config, classifier)
+    target = int(classifier.meta["positive_class"])
+    graham = bool(classifier.meta.get("graham", False))
+
+    bar = progress_bar()
+    done, started = 0, time.perf_counter()
+    with bar if config.progress else contextlib.nullcontext():
+        task = bar.add_task(f"{config.method} {config.split}", total=len(mine), completed=len(mine) - len(todo),
+                            status="")
+        for start in range(0, len(todo), config.batch_size):
+            batch_ids = todo[start:start + config.batch_size]
+            tick = time.perf_counter()
+            samples = [dataset.load(image_id, size=classifier.image_size, graham=graham) for image_id in batch_ids]
+            explanation = explain(classifier.prepare(np.stack([s.image for s in samples])), target)
+            seconds = (time.perf_counter() - tick) / len(batch_ids)
+            for row, (image_id, sample) in enumerate(zip(batch_ids, samples)):
+                folder = out / "images" / image_id
+                _clear_partial(folder)
+                _write_image(folder, image_id, sample, explanation, row, config, seconds)
+            done += len(batch_ids)
+            rate = done / (time.perf_counter() - started)
+            bar.update(task, advance=len(batch_ids), status=f"{rate:.2f} img/s")
+    return out

@@ -1,0 +1,52 @@
+"""Session fixtures shared by every test group: a small semi-synthetic set and a model trained on it.
+
+Both are built once per test session; under pytest-xdist the workers share one copy through a file
+lock in the session's common temporary folder, so the set is generated and the model trained once.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+#: The small set: enough training images for a model that finds the lesions, few test images.
+SYNTHETIC = {"n_train": 200, "n_test": 10, "size": 128, "seed": 0}
+#: The quick model: trained at the set's resolution.
+TRAINING = {"epochs": 6, "width": 8, "batch_size": 16, "lr": 3e-3}
+
+
+def _shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A folder all xdist workers of this session see (the parent of each worker's base temp)."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    return root / name
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """``generate_synthetic`` paths of a 128 px set (200 training, 10 test images, seed 0)."""
+    from retina_fgvis.datasets.synthetic import generate_synthetic
+
+    root = _shared_folder(tmp_path_factory, "synthetic")
+    with FileLock(str(root) + ".lock"):
+        return generate_synthetic(root, **SYNTHETIC)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(synthetic_data, tmp_path_factory) -> Path:
+    """Path of the best checkpoint of a small FundusCNN trained on :func:`synthetic_data` (CPU, seeded)."""
+    from training import TrainConfig, train
+
+    out = _shared_folder(tmp_path_factory, "trained")
+    marker = out / "checkpoint.json"
+    with FileLock(str(out) + ".lock"):
+        if not marker.is_file():
+            result = train(TrainConfig(
+                dataset="synthetic", data_dir=synthetic_data.root, out=out / "run", image_size=SYNTHETIC["size"],
+                n_train=SYNTHETIC["n_train"], n_test=SYNTHETIC["n_test"], seed=SYNTHETIC["seed"], device="cpu",
+                progress=False, **TRAINING))
+            marker.write_text(json.dumps({"checkpoint": str(result.best_checkpoint), **result.best_metrics}))
+        return Path(json.loads(marker.read_text())["checkpoint"])

@@ -1,0 +1,250 @@
+"""``train(config)``: MONAI ``SupervisedTrainer``/``SupervisedEvaluator`` for the RDR classifier.
+
+Run folder (``config.out``)::
+
+    run.json      config + library versions
+    split.csv     image, path, level, label, patient, eye, split (train/val)
+    metrics.csv   one row per epoch: epoch, train_loss, val_auc, val_sensitivity, val_specificity,
+                  operating_point, lr, seconds
+    last.pt       checkpoint after the latest epoch (model, optimiser, scheduler, epoch, config, meta)
+    best.pt       checkpoint of the epoch with the highest validation AUC
+    tensorboard/  event files (with ``tensorboard=True``)
+
+Every file is written atomically by the main process after the epoch's validation, so a run
+killed at any moment resumes (``resume=True``) at the epoch after ``last.pt`` without losing one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from monai.engines import SupervisedEvaluator, SupervisedTrainer
+from monai.handlers import LrScheduleHandler, ROCAUC, ValidationHandler, from_engine
+from monai.transforms import Activationsd, AsDiscreted, Compose
+from torch import nn
+
+from retina_fgvis._io import atomic_write_csv, write_run_info
+from retina_fgvis.models.checkpoint import read_checkpoint, save_checkpoint, unwrap_model
+from retina_fgvis.models.fundus_cnn import FundusCNN
+from retina_fgvis.runtime import progress_bar, seed_everything
+from training.config import RESUMABLE_OVERRIDES, TrainConfig
+from training.data import compute_normalization, load_split, make_loaders, prepare_split
+from training.distributed import DistContext, distributed_context
+from training.handlers import (METRIC_COLUMNS, EpochRecorder, EpochSeeder, OperatingPointHandler,
+                               RichProgressHandler)
+
+__all__ = ["RUN_FILES", "TrainResult", "train"]
+
+RUN_FILES = {"run": "run.json", "split": "split.csv", "metrics": "metrics.csv", "last": "last.pt",
+             "best": "best.pt", "tensorboard": "tensorboard"}
+_RESULT_FILES = ("metrics", "last", "best")
+CLASS_NAMES = ["non-RDR", "RDR"]
+
+
+@dataclass
+class TrainResult:
+    """What a training call produced.
+
+    ``metrics`` is the last epoch's metrics.csv row, ``best_metrics`` the row of the best-AUC
+    epoch (whose weights are in ``best_checkpoint``); ``epochs_run`` counts the epochs this call
+    trained (0 when resuming a finished run); ``is_main`` is False on non-zero torchrun ranks.
+    """
+
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    metrics: dict[str, float]
+    best_metrics: dict[str, float]
+    epochs_run: int
+    seconds: float
+    is_main: bool = True
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Train (or, with ``config.resume``, continue) a FundusCNN run into ``config.out``.
+
+    Raises ValueError (CheckpointError, DatasetError are subclasses) before anything is written
+    for: a data folder not in the dataset's layout, an empty or single-class split, ``out``
+    holding another run's results without ``resume``, ``resume`` without ``out/last.pt``, or a
+    corrupt / foreign checkpoint there. Under ``torchrun`` every process calls this; only rank 0
+    writes files.
+    """
+    with distributed_context(config.device) as ctx:
+        return _train(config, ctx)
+
+
+def _refuse_existing_run(out: Path) -> None:
+    found = [RUN_FILES[key] for key in _RESULT_FILES if (out / RUN_FILES[key]).exists()]
+    run_json = out / RUN_FILES["run"]
+    if not found and run_json.exists():
+        try:
+            is_training = pd.read_json(run_json, typ="series")["config"].get("task") == "train"
+        except (ValueError, KeyError, AttributeError):
+            is_training = False
+        if not is_training:
+            found.append(RUN_FILES["run"])
+    if found:
+        raise ValueError(f"out: {out} already holds a run ({', '.join(found)}); pass --resume to continue it "
+                         f"or choose another --out")
+
+
+def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
+    out = Path(config.out)
+    last = out / RUN_FILES["last"]
+    if not last.exists():
+        raise ValueError(f"resume: {out} holds no checkpoint {RUN_FILES['last']} to resume from")
+    payload = read_checkpoint(last)
+    if not isinstance(payload.get("config"), dict) or payload.get("epoch") is None:
+        raise ValueError(f"resume: checkpoint {last} was not written by the trainer (no config/epoch)")
+    stored = TrainConfig.from_dict(payload["config"])
+    overrides = {key: getattr(config, key) for key in RESUMABLE_OVERRIDES if getattr(config, key) is not None}
+    merged = TrainConfig.from_dict({**stored.to_dict(), **overrides, "out": str(out), "resume": True})
+    return merged.resolved(), payload
+
+
+def _class_weights(labels: pd.Series) -> torch.Tensor:
+    """Inverse class frequency, n / (2·n_c): both classes weigh the same in the loss."""
+    counts = labels.value_counts().reindex([0, 1]).to_numpy(dtype=float)
+    return torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
+
+
+def _cosine(epochs: int):
+    return lambda epoch: 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+
+
+def _tensorboard_handlers(out: Path, trainer: SupervisedTrainer, evaluator: SupervisedEvaluator) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("tensorboard: install the 'tensorboard' package to use --tensorboard") from None
+    from monai.handlers import TensorBoardStatsHandler
+
+    writer = SummaryWriter(log_dir=str(out / RUN_FILES["tensorboard"]))
+    TensorBoardStatsHandler(summary_writer=writer, tag_name="train_loss", epoch_log=False,
+                            output_transform=from_engine(["loss"], first=True)).attach(trainer)
+    TensorBoardStatsHandler(summary_writer=writer, iteration_log=False, output_transform=lambda _: None,
+                            global_epoch_transform=lambda _: trainer.state.epoch).attach(evaluator)
+
+
+def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
+    started = time.perf_counter()
+    if config.resume:
+        config, payload = _resume_config(config)
+    else:
+        config, payload = config.resolved(), None
+        _refuse_existing_run(config.out)
+    out = Path(config.out)
+    paths = {key: out / name for key, name in RUN_FILES.items()}
+
+    # Everything is validated before the first write; only the synthetic set is generated first,
+    # by the main process, and the others read it after the barrier.
+    if payload is not None and paths["split"].exists():
+        split = load_split(paths["split"])
+    else:
+        if ctx.is_main:
+            split = prepare_split(config)
+        ctx.barrier()
+        if not ctx.is_main:
+            split = prepare_split(config)
+    train_rows = split[split["split"] == "train"]
+    if payload is not None:
+        mean, std = list(payload["meta"]["mean"]), list(payload["meta"]["std"])
+    else:
+        mean, std = compute_normalization(list(train_rows["path"]), config.image_size, config.graham,
+                                          config.norm_samples, config.seed)
+    train_loader, val_loader, train_ds = make_loaders(split, config, mean, std, rank=ctx.rank,
+                                                      world_size=ctx.world_size)
+
+    seed_everything(config.seed)
+    network = FundusCNN(width=config.width, dropout=config.dropout)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.epochs))
+    start_epoch, history, best = 0, [], (-1.0, 0)
+    if payload is not None:
+        network.load_state_dict(payload["model"])
+        optimizer.load_state_dict(payload["optimizer"])
+        extra = payload.get("extra") or {}
+        scheduler.load_state_dict(extra["scheduler"])
+        # The cosine follows the (possibly extended) epoch count of this call.
+        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+            group["lr"] = base_lr * _cosine(config.epochs)(scheduler.last_epoch)
+        start_epoch = int(payload["epoch"])
+        best = (float(extra.get("best_auc", -1.0)), int(extra.get("best_epoch", 0)))
+        if paths["metrics"].exists():
+            saved = pd.read_csv(paths["metrics"])
+            history = saved[saved["epoch"] <= start_epoch].to_dict("records")
+
+    if ctx.is_main:
+        write_run_info(out, {"task": "train", **config.to_dict()})
+        if payload is None:
+            atomic_write_csv(paths["split"], split)
+        if payload is not None:  # drop rows of an epoch trained after the last checkpoint
+            atomic_write_csv(paths["metrics"], pd.DataFrame(history, columns=list(METRIC_COLUMNS)))
+    ctx.barrier()
+
+    device = ctx.device
+    network = network.to(device)
+    if ctx.distributed:
+        network = nn.parallel.DistributedDataParallel(
+            network, device_ids=[device.index] if device.type == "cuda" else None)
+    amp = config.amp and device.type == "cuda"
+    loss_function = nn.CrossEntropyLoss(weight=_class_weights(train_rows["label"]).to(device))
+    epoch_length = len(train_loader) if config.steps_per_epoch is None else min(config.steps_per_epoch,
+                                                                                len(train_loader))
+
+    evaluator = SupervisedEvaluator(
+        device=device, val_data_loader=val_loader, network=unwrap_model(network), amp=amp,
+        postprocessing=Compose([Activationsd("pred", softmax=True), AsDiscreted("label", to_onehot=2)]),
+        key_val_metric={"val_auc": ROCAUC(output_transform=from_engine(["pred", "label"]))},
+        val_handlers=[OperatingPointHandler(positive_class=1)])
+    meta = {"image_size": config.image_size, "mean": mean, "std": std, "class_names": CLASS_NAMES,
+            "positive_class": 1, "graham": config.graham, "rdr_threshold": config.rdr_threshold,
+            "dataset": config.dataset}
+
+    def save(epoch: int, row: dict, is_best: bool) -> None:
+        extra = {"scheduler": scheduler.state_dict(), "best_auc": recorder.best_auc,
+                 "best_epoch": recorder.best_epoch, "scaler": trainer.scaler.state_dict() if amp else None}
+        kwargs = {"optimizer": optimizer, "epoch": epoch, "config": config.to_dict(), "metrics": row,
+                  "extra": extra}
+        epoch_meta = {**meta, "operating_point": row["operating_point"]}
+        if is_best:
+            save_checkpoint(paths["best"], network, epoch_meta, **kwargs)
+        save_checkpoint(paths["last"], network, epoch_meta, **kwargs)
+
+    recorder = EpochRecorder(evaluator, paths["metrics"], save, is_main=ctx.is_main, history=history,
+                             best_auc=best[0], best_epoch=best[1])
+    # Order matters at EPOCH_COMPLETED: step the schedule, validate, then record and save.
+    handlers: list = [EpochSeeder(config.seed, ctx.rank, train_ds),
+                      LrScheduleHandler(scheduler, print_lr=False),
+                      ValidationHandler(interval=1, validator=evaluator),
+                      recorder]
+    progress = progress_bar() if (config.progress and ctx.is_main) else None
+    if progress is not None:
+        handlers.append(RichProgressHandler(progress, recorder))
+    trainer = SupervisedTrainer(
+        device=device, max_epochs=config.epochs, train_data_loader=train_loader, network=network,
+        optimizer=optimizer, loss_function=loss_function, epoch_length=epoch_length, amp=amp,
+        decollate=False, train_handlers=handlers)
+    if amp and payload is not None and (payload.get("extra") or {}).get("scaler"):
+        trainer.scaler.load_state_dict(payload["extra"]["scaler"])
+    if config.tensorboard and ctx.is_main:
+        _tensorboard_handlers(out, trainer, evaluator)
+
+    trainer.state.epoch = start_epoch
+    trainer.state.iteration = start_epoch * epoch_length
+    epochs_run = max(0, config.epochs - start_epoch)
+    if epochs_run:
+        if progress is not None:
+            with progress:
+                trainer.run()
+        else:
+            trainer.run()
+    ctx.barrier()
+    return TrainResult(run_dir=out, best_checkpoint=paths["best"], last_checkpoint=paths["last"],
+                       metrics=dict(recorder.history[-1]), best_metrics=dict(recorder.best_row or {}),
+                       epochs_run=epochs_run, seconds=time.perf_counter() - started, is_main=ctx.is_main)
