@@ -40,9 +40,12 @@ SETTINGS = ("seed_threshold", "matched_area", "chance", "chance_matched_area")
 
 
 def _labels(runs) -> list[str]:
-    """Method names, disambiguated by folder name where two runs share a method."""
+    """Method names, disambiguated by folder name (then by position) where runs share a method."""
     counts = Counter(run.method for run in runs)
-    return [run.method if counts[run.method] == 1 else f"{run.method} ({run.path.name})" for run in runs]
+    labels = [run.method if counts[run.method] == 1 else f"{run.method} ({run.path.name})" for run in runs]
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} #{index + 1}" for index, label in enumerate(labels)]
+    return labels
 
 
 def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, dataset: Any = None,
@@ -92,7 +95,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     for run, label, run_scorers, areas in zip(opened, labels, scorers, seed_areas):
         summaries = {setting: run_scorers[setting].summary() for setting in SETTINGS}
         entries.append({
-            "run": str(run.path),
+            "run": str(run.path.resolve()),
             "method": run.method,
             "label": label,
             "threshold": run.config.get("threshold"),
@@ -111,7 +114,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                                  "pixel_precision", "image_detection")},
                              "fp_components_per_image": summaries[setting]["fp_components_per_image"]})
     comparison = nan_to_none({
-        "reference": {"run": str(opened[0].path), "method": labels[0]},
+        "reference": {"run": str(opened[0].path.resolve()), "method": labels[0]},
         "n_images": len(common),
         "image_ids": common,
         "tolerance": tolerance,
@@ -133,7 +136,7 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
     reference = comparison["reference"]["method"]
     table = Table(title=f"Lesion-level sensitivity, {comparison['n_images']} images "
                         f"(matched area = {reference}'s area per image)")
-    table.add_column("lesion type")
+    table.add_column("lesion type", no_wrap=True)
     labels = list(comparison["lesion_sensitivity"])
     for label in labels:
         for heading in ("seed thr.", "matched", "chance"):

@@ -231,7 +231,8 @@ class LocalizationScorer:
         for lesion_type in self.lesion_types:
             mask = np.asarray(lesions.get(lesion_type, empty), dtype=bool)
             if mask.shape != detection.shape:
-                raise ValueError(f"lesions[{lesion_type!r}]: shape {mask.shape} differs from the map's {detection.shape}")
+                raise ValueError(f"lesions[{lesion_type!r}]: shape {mask.shape} differs from the map's "
+                                 f"{detection.shape}")
             hit, total = self.sensitivity[lesion_type].update(detection, mask)
             overlap, lesion_pixels, detected_pixels = self.pixels[lesion_type].update(detection, mask)
             per_type[lesion_type] = {
@@ -275,6 +276,11 @@ class LocalizationRun:
     path: Path
     config: dict[str, Any]
     image_ids: tuple[str, ...]
+
+    @property
+    def n_unfinished(self) -> int:
+        """Images listed in ``run.json`` (``image_ids``) without a finished record, e.g. shards still running."""
+        return len(set(self.config.get("image_ids") or ()) - set(self.image_ids))
 
     @property
     def method(self) -> str:
@@ -472,8 +478,9 @@ def score_run(run_dir: str | os.PathLike, dataset: Any = None, tolerance: int = 
     chance_summary = chance_scorer.summary()
     summary = {
         "method": run.method,
-        "run": str(run.path),
+        "run": str(run.path.resolve()),
         "n_images": len(run.image_ids),
+        "n_unfinished": run.n_unfinished,
         "threshold": thresholds.pop() if len(thresholds) == 1 else run.config.get("threshold"),
         "tolerance": tolerance,
         "seed": seed,
@@ -503,9 +510,9 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
     table = Table(title=f"{summary['method']}: {summary['n_images']} images, "
                         f"detected area {percent(summary['area_fraction'])} of the FOV, "
                         f"{summary['fp_components_per_image']:.1f} false-positive components / image")
-    for column in ("lesion type", "lesions", "hit", "lesion sens.", "chance", "pixel sens.", "pixel prec.",
-                   "image det."):
-        table.add_column(column, justify="left" if column == "lesion type" else "right")
+    table.add_column("lesion type", no_wrap=True)
+    for column in ("lesions", "hit", "lesion sens.", "chance", "pixel sens.", "pixel prec.", "image det."):
+        table.add_column(column, justify="right")
     for lesion_type in summary["lesion_sensitivity"]:
         table.add_row(
             lesion_type,

@@ -24,6 +24,8 @@ from retina_fgvis._io import atomic_write_text
 from retina_fgvis.viz import DETECTION_COLOUR, LESION_COLOURS, LESION_NAMES, heatmap, thumbnail
 
 THUMB_SIZE = 180
+#: Display names of the methods ``retina_fgvis.localize`` writes.
+METHOD_NAMES = {"fgvis": "FGVis", "gradcam": "Grad-CAM", "occlusion": "Occlusion"}
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
@@ -37,7 +39,7 @@ h1{font-size:1.6em;margin:0 0 4px} h2{font-size:1.2em;margin:32px 0 8px}
 .swatch.outline{background:transparent!important;border:2px solid}
 table{border-collapse:collapse;background:#fff;font-size:0.92em}
 th,td{border:1px solid #dde1e7;padding:5px 9px;text-align:right;vertical-align:middle}
-th{background:#eef1f5;position:sticky;top:0}
+th{background:#eef1f5} th.group{text-align:center}
 td:first-child,th:first-child{text-align:left}
 table.sortable th{cursor:pointer;user-select:none} table.sortable th:hover{background:#e1e6ee}
 th[aria-sort=ascending]::after{content:" ▲"} th[aria-sort=descending]::after{content:" ▼"}
@@ -128,6 +130,14 @@ def _pictures(run_dir: Path, image_id: str, embed: bool, base: Path) -> tuple[st
     return None
 
 
+def _run_config(run: Path) -> dict[str, Any]:
+    """The run's recorded config, ``{}`` when run.json is missing or unreadable (the report only decorates with it)."""
+    try:
+        return dict(json.loads((run / "run.json").read_text(encoding="utf-8")).get("config", {}))
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def _load_comparison(comparison: Mapping[str, Any] | str | os.PathLike | None) -> Mapping[str, Any] | None:
     if comparison is None or isinstance(comparison, Mapping):
         return comparison
@@ -170,19 +180,25 @@ def _summary_html(summary: Mapping[str, Any]) -> str:
 
 def _comparison_html(comparison: Mapping[str, Any]) -> str:
     labels = list(comparison["lesion_sensitivity"])
-    head = ["Lesion type"] + [f"{label}: {setting}" for label in labels
-                              for setting in ("own threshold", "matched area", "chance")]
+    settings = (("seed_threshold", "own threshold"), ("matched_area", "matched area"), ("chance", "chance"))
+    top = "".join(f'<th colspan="{len(settings)}" class="group">{escape(_display(label))}</th>' for label in labels)
+    sub = "".join(f"<th>{escape(name)}</th>" for _ in labels for _, name in settings)
     rows = []
     for lesion_type in comparison["lesion_types"]:
-        cells = "".join(
-            _cell(comparison["lesion_sensitivity"][label][lesion_type][setting])
-            for label in labels for setting in ("seed_threshold", "matched_area", "chance")
-        )
+        cells = "".join(_cell(comparison["lesion_sensitivity"][label][lesion_type][key])
+                        for label in labels for key, _ in settings)
         rows.append(f"<tr><td>{escape(LESION_NAMES.get(lesion_type, lesion_type))}</td>{cells}</tr>")
     area = "".join(_cell(e["area_fraction"]) + _cell(e["matched_area_fraction"]) + "<td></td>"
                    for e in comparison["runs"])
     rows.append(f"<tr class=muted><td>Share of the retina marked</td>{area}</tr>")
-    return _table("comparison", head, rows)
+    return (f'<table id="comparison"><thead><tr><th rowspan="2">Lesion type</th>{top}</tr><tr>{sub}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _display(method: str) -> str:
+    """Display name of a method label ("gradcam (run2)" -> "Grad-CAM (run2)")."""
+    name, _, rest = method.partition(" ")
+    return METHOD_NAMES.get(name.lower(), name) + (f" {rest}" if rest else "")
 
 
 def _table(table_id: str, head, rows: list[str]) -> str:
@@ -193,9 +209,9 @@ def _table(table_id: str, head, rows: list[str]) -> str:
 
 def _image_rows(run_dir: Path, frame: pd.DataFrame, lesion_types: list[str], others: list[tuple[str, Path]],
                 embed: bool) -> tuple[list[str], list[str]]:
-    head = ["Image", "RDR probability before", "after", "Iterations", "Retina marked", "False-positive regions"]
+    head = ["Image", "RDR before", "RDR after", "Iterations", "Retina marked", "False-positive regions"]
     head += [LESION_NAMES.get(t, t) for t in lesion_types]
-    head += ["Overlay"] + [f"{label} overlay" for label, _ in others]
+    head += ["Overlay"] + [f"{_display(label)} overlay" for label, _ in others]
     rows = []
     for image_id, group in frame.groupby("image_id", sort=True):
         by_type = group.set_index("lesion_type")
@@ -221,16 +237,19 @@ def _image_rows(run_dir: Path, frame: pd.DataFrame, lesion_types: list[str], oth
     return head, rows
 
 
-def _explanation(method: str, threshold: Any) -> str:
+def _explanation(method: str, threshold: Any, stop_score: Any) -> str:
     share = percent(threshold) if isinstance(threshold, (int, float)) else "a fixed share"
-    if method.lower() == "fgvis":
+    target = f"below {percent(stop_score)}" if isinstance(stop_score, (int, float)) else "to a low value"
+    if method.lower().startswith("fgvis"):
         what = ("<p><b>What the highlighted (cyan) pixels mean.</b> The screening model gives each photograph a "
-                "probability of referable diabetic retinopathy (RDR). FGVis searched for the smallest set of pixels "
-                "that the model needed to <i>delete</i> (replace by a neutral colour) to drop that RDR score "
-                "below 10 %. The cyan regions are those pixels (importance at least "
-                f"{share} of the image's maximum): the evidence the model relied on, at pixel resolution.</p>")
+                "probability of referable diabetic retinopathy (RDR). FGVis found the pixels the model needed to "
+                "<i>delete</i> (replace by a neutral colour) to drop that RDR probability "
+                f"{escape(target)}, changing as little of the image as it could. The cyan regions are those pixels "
+                f"(deleted by at least {share} of the strongest deletion): the evidence the model relied on, "
+                "at pixel resolution.</p>")
     else:
-        what = (f"<p><b>What the highlighted (cyan) pixels mean.</b> The regions that the {escape(method)} map "
+        what = ("<p><b>What the highlighted (cyan) pixels mean.</b> The regions that the "
+                f"{escape(_display(method))} map "
                 f"rates most important for the model's RDR score (importance at least {share} of the image's "
                 "maximum).</p>")
     return (
@@ -250,11 +269,13 @@ def _explanation(method: str, threshold: Any) -> str:
 
 def _legend() -> str:
     items = "".join(
-        f'<span><span class="swatch" style="background:{_rgb(colour)}"></span>{escape(LESION_NAMES[t])} (experts)</span>'
+        f'<span><span class="swatch" style="background:{_rgb(colour)}"></span>'
+        f"{escape(LESION_NAMES[t])} (experts)</span>"
         for t, colour in LESION_COLOURS.items()
     )
     detection = (f'<span><span class="swatch outline" style="border-color:{_rgb(DETECTION_COLOUR)};'
-                 f'background:{_rgb(DETECTION_COLOUR)}"></span>Highlighted by the method (outlined, lightly tinted)</span>')
+                 f'background:{_rgb(DETECTION_COLOUR)}"></span>'
+                 "Highlighted by the method (outlined, lightly tinted)</span>")
     return f'<div class="box legend">{items}{detection}</div>'
 
 
@@ -290,11 +311,11 @@ def write_report(run_dir: str | os.PathLike, comparison: Mapping[str, Any] | str
     parts = [
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>",
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>Lesion localization report: {escape(summary['method'])}</title>",
+        f"<title>Lesion localization report: {escape(_display(summary['method']))}</title>",
         f"<style>{_CSS % {'thumb': THUMB_SIZE}}</style></head><body><main>",
-        f"<h1>Where the model looks: {escape(summary['method'])} vs the experts' lesion markings</h1>",
+        f"<h1>Where the model looks: {escape(_display(summary['method']))} vs the experts' lesion markings</h1>",
         f'<p class="sub">{escape(facts)}</p>',
-        _explanation(summary["method"], summary.get("threshold")),
+        _explanation(summary["method"], summary.get("threshold"), _run_config(run).get("stop_score")),
         "<h2>Legend</h2>", _legend(),
         "<h2>Lesions found, per type</h2>", _summary_html(summary),
     ]
@@ -302,7 +323,8 @@ def write_report(run_dir: str | os.PathLike, comparison: Mapping[str, Any] | str
         parts += [
             "<h2>Methods side by side (lesion sensitivity)</h2>",
             f'<p class="sub">"Matched area": every method marks the same share of the retina as '
-            f"{escape(comparison['reference']['method'])}, image by image, so they are compared fairly.</p>",
+            f"{escape(_display(comparison['reference']['method']))}, image by image, so they are compared fairly. "
+            "Chance: the method's own highlights rotated by a random angle.</p>",
             _comparison_html(comparison),
         ]
     parts += [

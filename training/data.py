@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from monai.data import CacheDataset, DataLoader
 from monai.data import DistributedSampler as EvalSampler
-from monai.transforms import (Compose, MapTransform, NormalizeIntensityd, RandAdjustContrastd, RandFlipd,
+from monai.transforms import (Compose, EnsureTyped, MapTransform, NormalizeIntensityd, RandAdjustContrastd, RandFlipd,
                               RandRotated, RandScaleIntensityd, RandZoomd)
 from torch.utils.data import DistributedSampler
 
@@ -67,7 +67,9 @@ def make_transforms(image_size: int, mean: Sequence[float], std: Sequence[float]
             RandScaleIntensityd("image", factors=0.1, prob=0.5),
             RandAdjustContrastd("image", gamma=(0.8, 1.25), prob=0.5),
         ]
-    steps.append(NormalizeIntensityd("image", subtrahend=list(mean), divisor=list(std), channel_wise=True))
+    steps += [NormalizeIntensityd("image", subtrahend=list(mean), divisor=list(std), channel_wise=True),
+              # Plain tensors from here on: MetaTensor bookkeeping would slow every network op.
+              EnsureTyped("image", data_type="tensor", track_meta=False)]
     return Compose(steps)
 
 

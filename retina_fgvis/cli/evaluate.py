@@ -53,6 +53,9 @@ def score(
     except ValueError as error:
         _fail(error)
     _console.print(summary_table(summary))
+    if summary["n_unfinished"]:
+        _console.print(f"[yellow]note:[/yellow] {summary['n_unfinished']} image(s) of the run are not finished yet "
+                       "and were not scored")
     _console.print(f"wrote {run / 'per_image.csv'} and {run / 'summary.json'}", highlight=False)
 
 

@@ -78,7 +78,9 @@ def fov_mask(image: np.ndarray, threshold: float | None = None) -> np.ndarray:
     An all-black image gives an all-False mask.
     """
     image = _check_rgb(image)
-    brightest = cv2.medianBlur(np.ascontiguousarray(image.max(axis=2)), 5)
+    # Zero padding, not OpenCV's replicated border, so the filter cannot widen the disc where it touches the frame.
+    padded = cv2.copyMakeBorder(np.ascontiguousarray(image.max(axis=2)), 2, 2, 2, 2, cv2.BORDER_CONSTANT, value=0)
+    brightest = cv2.medianBlur(padded, 5)[2:-2, 2:-2]
     if threshold is None:
         threshold = max(10.0, 0.1 * float(np.percentile(brightest, 99)))
     candidate = (brightest > threshold).astype(np.uint8)
@@ -189,7 +191,7 @@ def graham_normalize(image: np.ndarray, fov: np.ndarray | None = None, sigma: fl
         raise ValueError(f"sigma: must be > 0, got {sigma}")
     pixels = image.astype(np.float32)
     blurred = cv2.GaussianBlur(pixels, (0, 0), sigma)
-    out = np.clip(4.0 * pixels - 4.0 * blurred + 128.0, 0, 255).astype(np.uint8)
+    out = np.clip(np.rint(4.0 * pixels - 4.0 * blurred + 128.0), 0, 255).astype(np.uint8)
     margin = max(1, int(round(0.1 * side / 2)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
     inner = cv2.erode(fov.astype(np.uint8), kernel).astype(bool)

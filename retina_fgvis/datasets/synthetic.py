@@ -255,8 +255,9 @@ class _Painter:
         return np.clip(image, 0, 255).astype(np.uint8)
 
     # -- placement -----------------------------------------------------------------------------
-    def _place(self, rng: np.random.Generator, avoid: np.ndarray, near: np.ndarray | None = None, spread: float = 0.0) -> np.ndarray:
-        """A point (x, y) inside 0.85 of the disc radius and outside the optic disc."""
+    def _place(self, rng: np.random.Generator, avoid: np.ndarray, near: np.ndarray | None = None, spread: float = 0.0,
+               apart: list[np.ndarray] = (), gap: float = 0.0) -> np.ndarray:
+        """A point (x, y) inside 0.85 of the disc radius, outside the optic disc and ``gap`` px from ``apart``."""
         for _ in range(100):
             if near is not None:
                 point = near + rng.normal(0, spread * self.radius, 2)
@@ -264,7 +265,8 @@ class _Painter:
                 angle, distance = rng.uniform(0, 2 * np.pi), 0.85 * self.radius * np.sqrt(rng.random())
                 point = np.array(self.center) + distance * np.array([np.cos(angle), np.sin(angle)])
             inside = np.hypot(*(point - self.center)) < 0.85 * self.radius
-            if inside and np.hypot(*(point - avoid)) > 0.25 * self.radius:
+            clear = all(np.hypot(*(point - other)) > gap for other in apart)
+            if inside and clear and np.hypot(*(point - avoid)) > 0.25 * self.radius:
                 return point
         return np.array(self.center)
 
@@ -284,8 +286,10 @@ class _Painter:
         for _ in range(counts["hard_exudates"]):
             near = macula if rng.random() < 0.6 else None
             lesions.append(self._hard_exudates(rng, image, self._place(rng, optic_disc, near, 0.3)))
-        for _ in range(counts["red_small_dots"]):
-            lesions.append(self._red_dot(rng, image, self._place(rng, optic_disc)))
+        dots: list[np.ndarray] = []
+        for _ in range(counts["red_small_dots"]):  # kept apart so that no two dots merge into one region
+            dots.append(self._place(rng, optic_disc, apart=dots, gap=9.0))
+            lesions.append(self._red_dot(rng, image, dots[-1]))
         return self._relight(rng, image), lesions
 
     def _stamp(self, image: np.ndarray, y0: int, x0: int, alpha: np.ndarray, factor=None, colour=None) -> None:

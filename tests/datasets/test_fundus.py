@@ -84,7 +84,7 @@ def test_small_lesions_survive_downsampling_and_fov_uses_majority():
     assert cv2.resize(dot.astype(np.uint8), (100, 100), interpolation=cv2.INTER_NEAREST).sum() == 0  # why the rule exists
     half = np.zeros((4, 4), bool)
     half[:, :2] = True
-    half[0, 2] = True
+    half[0:2, 2] = True  # half of the top-right block: kept (>= 0.5)
     assert resize_mask(half, 2, min_coverage=0.5).tolist() == [[True, True], [True, False]]
     assert resize_mask(half, 8).sum() == 4 * half.sum()  # enlarging: nearest neighbour
 

@@ -70,3 +70,6 @@ def test_duplicate_methods_get_distinct_labels(tmp_path, scene, fgvis_maps, make
     comparison = compare_runs([first, second], tmp_path / "cmp", scene)
     assert list(comparison["lesion_sensitivity"]) == ["fgvis (a)", "fgvis (b)"]
     assert comparison["lesion_sensitivity"]["fgvis (a)"] == comparison["lesion_sensitivity"]["fgvis (b)"]
+    same_name = make_run(tmp_path / "c" / "a", "fgvis", fgvis_maps)
+    labels = list(compare_runs([first, same_name], tmp_path / "cmp", scene)["lesion_sensitivity"])
+    assert labels == ["fgvis (a) #1", "fgvis (a) #2"]

@@ -21,7 +21,7 @@ from retina_fgvis.datasets import LESION_TYPES
 SIZE = 32  # the conftest scene's size
 
 SUMMARY_KEYS = {
-    "method", "run", "n_images", "threshold", "tolerance", "seed", "area_fraction",
+    "method", "run", "n_images", "n_unfinished", "threshold", "tolerance", "seed", "area_fraction",
     "lesion_sensitivity", "n_lesions", "n_hit", "pixel_sensitivity", "pixel_precision",
     "image_detection", "n_images_with_lesions", "fp_components_per_image", "chance", "rdr_probability",
 }
@@ -73,6 +73,7 @@ def test_score_run_writes_hand_checked_csv_and_summary(tmp_path, scene, fgvis_ma
         assert list(summary[key]) == list(LESION_TYPES)
         assert list(summary["chance"][key]) == list(LESION_TYPES)
     assert summary["method"] == "fgvis" and summary["n_images"] == 2 and summary["threshold"] == 0.04
+    assert summary["n_unfinished"] == 0
     assert summary["area_fraction"] == pytest.approx(3.5 / SIZE**2)
     assert summary["lesion_sensitivity"] == {"hard_exudates": 0.5, "soft_exudates": 0.0, "hemorrhages": None,
                                              "red_small_dots": 0.0}
@@ -147,6 +148,11 @@ def test_bad_inputs_name_the_argument_or_file(tmp_path, scene, fgvis_maps, make_
         with pytest.raises(RunFolderError, match=r"record\.json.*threshold"):
             score_run(run, scene)
     assert json.loads((run / "summary.json").read_text()) == summary_before   # nothing overwritten
+    partial = make_run(tmp_path / "partial", "fgvis", fgvis_maps)
+    info = json.loads((partial / "run.json").read_text())
+    info["config"]["image_ids"] = ["image001", "image002", "image003"]      # a shard still running
+    (partial / "run.json").write_text(json.dumps(info))
+    assert score_run(partial, scene)["n_unfinished"] == 1
     unfinished = make_run(tmp_path / "unfinished", "fgvis", fgvis_maps)
     for record in unfinished.glob("images/*/record.json"):
         record.unlink()

@@ -30,13 +30,24 @@ def write_eyepacs(root: Path, levels: list[int], size: int = SIZE, seed: int = 0
 
 
 @pytest.fixture(scope="session")
+def eyepacs_writer():
+    """The function :func:`write_eyepacs`."""
+    return write_eyepacs
+
+
+@pytest.fixture(scope="session")
 def tiny_eyepacs(tmp_path_factory) -> Path:
     """40 images, half RDR (levels 0 and 3), 48 px."""
     return write_eyepacs(tmp_path_factory.mktemp("eyepacs"), [0, 3] * 20)
 
 
-def tiny_config(data_dir: Path, out: Path, **overrides):
-    """A seconds-long CPU configuration of the real trainer."""
+@pytest.fixture(scope="session")
+def tiny_config():
+    """Factory ``tiny_config(data_dir, out, **overrides)``: a seconds-long CPU configuration of the real trainer."""
+    return make_tiny_config
+
+
+def make_tiny_config(data_dir: Path, out: Path, **overrides):
     from training import TrainConfig
 
     settings = dict(dataset="eyepacs", data_dir=data_dir, out=out, epochs=2, image_size=SIZE, width=4,
@@ -45,6 +56,22 @@ def tiny_config(data_dir: Path, out: Path, **overrides):
     return TrainConfig(**settings)
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` with its bytes (to show nothing was overwritten)."""
+@pytest.fixture(scope="session")
+def snapshot():
+    """Function ``snapshot(folder)``: every file under ``folder`` with its bytes (to show nothing was overwritten)."""
+    return _snapshot
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors on shared cores: one intra-op thread avoids oversubscription."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

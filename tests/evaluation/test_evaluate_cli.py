@@ -1,0 +1,90 @@
+"""`retina-fgvis evaluate score|compare|report` on a tiny semi-synthetic DiaretDB1 (real files on disk)."""
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from retina_fgvis._io import atomic_save_npz, atomic_write_json, write_run_info
+from retina_fgvis.cli import app
+from retina_fgvis.datasets import LESION_TYPES, generate_synthetic, open_diaretdb1
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    """Two 64 px test images in the DiaretDB1 layouts, and two runs: an oracle map (the lesions) and a
+    map that highlights only what lies outside the field of view."""
+    root = tmp_path_factory.mktemp("eval-cli")
+    paths = generate_synthetic(root / "synth", n_train=0, n_test=2, size=SIZE, seed=1)
+    dataset = open_diaretdb1(paths.diaretdb1)
+    runs = {}
+    for method in ("fgvis", "gradcam"):
+        folder = root / method
+        write_run_info(folder, {"method": method, "dataset": "synthetic", "data_dir": str(paths.root),
+                                "split": "test", "threshold": 0.04})
+        for image_id in dataset.image_ids("test"):
+            sample = dataset.load(image_id, size=SIZE)
+            if method == "fgvis":
+                importance = np.logical_or.reduce(list(sample.lesions.values())).astype(np.float32)
+            else:
+                importance = (~sample.fov).astype(np.float32)
+            atomic_save_npz(folder / "images" / image_id / "maps.npz", importance=importance)
+            atomic_write_json(folder / "images" / image_id / "record.json", {
+                "image_id": image_id, "method": method, "prob_before": 0.9, "prob_after": 0.05,
+                "iterations": 12, "lam": 1e-10, "threshold": 0.04, "seconds": 0.2})
+        runs[method] = folder
+    return paths, runs
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(app, ["evaluate", *map(str, args)], env={"COLUMNS": "160"})
+
+
+def test_score_compare_report(tiny_set, tmp_path):
+    paths, runs = tiny_set
+    result = _invoke("score", runs["fgvis"], "--data-dir", paths.root, "--dataset", "synthetic")
+    assert result.exit_code == 0, result.output
+    assert "hard_exudates" in result.output and "summary.json" in result.output
+    summary = json.loads((runs["fgvis"] / "summary.json").read_text())
+    present = [t for t in LESION_TYPES if summary["n_lesions"][t] > 0]
+    assert present and all(summary["lesion_sensitivity"][t] == 1.0 for t in present)   # the oracle finds all
+    assert all(summary["pixel_sensitivity"][t] == 1.0 for t in present)
+    assert sum(summary["chance"]["n_hit"].values()) < sum(summary["n_lesions"].values())  # rotated: misses some
+
+    # Without --data-dir the run's recorded data dir and dataset kind are used: same numbers.
+    assert _invoke("score", runs["fgvis"]).exit_code == 0
+    assert json.loads((runs["fgvis"] / "summary.json").read_text()) == summary
+    # The v1.1 layout of the same images is read as well.
+    assert _invoke("score", runs["fgvis"], "--data-dir", paths.diaretdb1_v1).exit_code == 0
+
+    result = _invoke("compare", runs["fgvis"], runs["gradcam"], "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output
+    comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert list(comparison["lesion_sensitivity"]) == ["fgvis", "gradcam"]
+    for t in present:   # outside the FOV nothing counts: the border map detects nothing at its threshold
+        assert comparison["lesion_sensitivity"]["gradcam"][t]["seed_threshold"] == 0.0
+    fgvis_entry, border_entry = comparison["runs"]
+    assert border_entry["area_fraction"] == 0.0
+    assert border_entry["matched_area_fraction"] == fgvis_entry["area_fraction"] > 0
+    assert "matched" in result.output
+
+    result = _invoke("report", runs["fgvis"], "--comparison", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output
+    html = (runs["fgvis"] / "report.html").read_text()
+    assert html.count('<img class="thumb"') == 4                      # heat maps stand in for missing overlays
+
+
+def test_errors_are_one_red_line_and_exit_2(tiny_set, tmp_path):
+    paths, runs = tiny_set
+    result = _invoke("score", tmp_path / "nowhere", "--data-dir", paths.root)
+    assert result.exit_code == 2 and "nowhere" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    result = _invoke("score", runs["fgvis"], "--data-dir", tmp_path)
+    assert result.exit_code == 2 and str(tmp_path) in result.output.replace("\n", "")
+    result = _invoke("score", runs["fgvis"], "--tolerance", "-3")
+    assert result.exit_code == 2 and "tolerance" in result.output
+    result = _invoke("report", tmp_path)
+    assert result.exit_code == 2 and "error" in result.output
+    assert _invoke("score", runs["fgvis"], "--dataset", "eyepacs").exit_code == 2

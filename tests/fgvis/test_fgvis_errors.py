@@ -1,0 +1,93 @@
+"""Every bad input raises one clear ValueError/TypeError whose message starts with the argument."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from fgvis_helpers import small_cnn
+
+from retina_fgvis.fgvis import FGVis, ScoreBelow
+
+MODEL = small_cnn(4, seed=0).eval()
+X = torch.randn(2, 3, 8, 8)
+NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+CONSTRUCTOR = [
+    ({"model": "resnet"}, TypeError, "model"),
+    ({"game": "hide"}, ValueError, "game"),
+    ({"lr": 0}, ValueError, "lr"),
+    ({"lr": -0.1}, ValueError, "lr"),
+    ({"lr": math.nan}, ValueError, "lr"),
+    ({"lr": "fast"}, TypeError, "lr"),
+    ({"max_iter": 0}, ValueError, "max_iter"),
+    ({"max_iter": 2.5}, TypeError, "max_iter"),
+    ({"reference": "grey"}, ValueError, "reference"),
+    ({"reference": "black"}, ValueError, "normalization"),
+    ({"normalization": ((0.5,), (0.0,))}, ValueError, "normalization"),
+    ({"normalization": "imagenet"}, TypeError, "normalization"),
+    ({"batch_size": 0}, ValueError, "batch_size"),
+    ({"noise_std": -1}, ValueError, "noise_std"),
+    ({"blur_sigma": 0}, ValueError, "blur_sigma"),
+]
+
+ATTRIBUTE = [
+    ({"inputs": X.numpy()}, TypeError, "inputs"),
+    ({"inputs": X[0]}, ValueError, "inputs"),
+    ({"inputs": X[:, :1]}, ValueError, "inputs"),
+    ({"inputs": X.to(torch.int64)}, TypeError, "inputs"),
+    ({"inputs": torch.where(X > 2, math.nan, X)}, ValueError, "inputs"),
+    ({"inputs": torch.where(X > 2, math.inf, X)}, ValueError, "inputs"),
+    ({"inputs": X[:0]}, ValueError, "inputs"),
+    ({"lam": -1e-4}, ValueError, "lam"),
+    ({"lam": math.inf}, ValueError, "lam"),
+    ({"lam": [1e-4, 1e-5, 1e-6]}, ValueError, "lam"),
+    ({"lam": "grid"}, ValueError, "lam"),
+    ({"lam": "search", "lam_grid": []}, ValueError, "lam_grid"),
+    ({"lam": "search", "lam_grid": [1e-4, -1.0]}, ValueError, "lam_grid"),
+    ({"lam": "search", "search": "parallel"}, ValueError, "search"),
+    ({"target": 4}, ValueError, "target"),
+    ({"target": -1}, ValueError, "target"),
+    ({"target": [0, 1, 2]}, ValueError, "target"),
+    ({"target": 1.0}, TypeError, "target"),
+    ({"target": torch.tensor([0.0, 1.0])}, TypeError, "target"),
+    ({"stop": 0.1}, TypeError, "stop"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,name", CONSTRUCTOR, ids=[f"{c[2]}-{i}" for i, c in enumerate(CONSTRUCTOR)])
+def test_bad_constructor_argument(kwargs, error, name):
+    kwargs = {"model": MODEL, **kwargs}
+    with pytest.raises(error, match=f"^{name}:"):
+        FGVis(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,error,name", ATTRIBUTE, ids=[f"{c[2]}-{i}" for i, c in enumerate(ATTRIBUTE)])
+def test_bad_attribute_argument(kwargs, error, name):
+    kwargs = {"inputs": X, **kwargs}
+    with pytest.raises(error, match=f"^{name}:"):
+        FGVis(MODEL, max_iter=1).attribute(**kwargs)
+
+
+@pytest.mark.parametrize("reference", [torch.zeros(3, 4, 4), torch.zeros(3, 3, 8, 8), torch.zeros(1, 8, 8),
+                                       torch.full((3, 8, 8), math.nan)])
+def test_reference_of_the_wrong_shape_or_values(reference):
+    with pytest.raises(ValueError, match="^reference:"):
+        FGVis(MODEL, reference=reference, max_iter=1).attribute(X)
+
+
+def test_bad_stop_rule_values():
+    with pytest.raises(ValueError, match="^stop:"):
+        ScoreBelow(1.5)
+
+
+def test_normalization_channels_must_match_inputs():
+    with pytest.raises(ValueError, match="^inputs:"):
+        FGVis(MODEL, normalization=((0.5,), (0.25,)), max_iter=1).attribute(X)
+
+
+def test_inputs_on_another_device_than_the_model():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a second device")
+    with pytest.raises(ValueError, match="^inputs:"):
+        FGVis(MODEL, max_iter=1).attribute(X.cuda())

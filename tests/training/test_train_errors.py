@@ -1,0 +1,98 @@
+"""Each bad input gives one clear ValueError before anything in the run folder changes."""
+import pytest
+import torch
+
+from retina_fgvis.models.checkpoint import CheckpointError
+from training import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def done_run(tiny_eyepacs, tiny_config, tmp_path_factory):
+    """A finished one-epoch run to misuse."""
+    out = tmp_path_factory.mktemp("done") / "run"
+    train(tiny_config(tiny_eyepacs, out, epochs=1))
+    return out
+
+
+def _fails_without_writing(config, match, snapshot, error=ValueError):
+    out = config.out
+    before = snapshot(out) if out.exists() else None
+    with pytest.raises(error, match=match):
+        train(config)
+    assert (snapshot(out) if out.exists() else None) == before
+
+
+def test_empty_training_set(tmp_path, tiny_config, snapshot):
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "trainLabels.csv").write_text("image,level\n")
+    _fails_without_writing(tiny_config(data, tmp_path / "out"), "trainLabels.csv: no label rows", snapshot)
+
+
+def test_single_class_only(tmp_path, tiny_config, snapshot, eyepacs_writer):
+    data = eyepacs_writer(tmp_path / "data", [0, 1] * 6)  # levels 0 and 1: all non-RDR
+    _fails_without_writing(tiny_config(data, tmp_path / "out"), r"training split holds only class \[0\]", snapshot)
+
+
+def test_folder_not_in_the_eyepacs_layout(tmp_path, tiny_config, snapshot):
+    data = tmp_path / "photos"
+    data.mkdir()
+    (data / "holiday.png").write_bytes(b"")
+    _fails_without_writing(tiny_config(data, tmp_path / "out"), r"trainLabels\.csv: label file not found", snapshot)
+
+
+def test_missing_data_dir(tmp_path, tiny_config, snapshot):
+    _fails_without_writing(tiny_config(tmp_path / "nowhere", tmp_path / "out"), "data_dir: .*nowhere is not a folder",
+                           snapshot)
+
+
+def test_out_holding_another_run_without_resume(done_run, tiny_eyepacs, tiny_config, snapshot):
+    _fails_without_writing(tiny_config(tiny_eyepacs, done_run), r"already holds a run \(metrics.csv, last.pt, best.pt\);"
+                           r" pass --resume", snapshot)
+
+
+def test_out_holding_another_commands_results(tmp_path, tiny_eyepacs, tiny_config, snapshot):
+    out = tmp_path / "localized"
+    out.mkdir()
+    (out / "run.json").write_text('{"config": {"method": "fgvis"}}')
+    _fails_without_writing(tiny_config(tiny_eyepacs, out), r"already holds a run \(run.json\)", snapshot)
+
+
+def test_resume_without_a_checkpoint(tmp_path, snapshot):
+    out = tmp_path / "empty"
+    out.mkdir()
+    _fails_without_writing(TrainConfig(out=out, resume=True, device="cpu"), "resume: .* holds no checkpoint last.pt",
+                           snapshot)
+
+
+def test_resume_from_a_corrupt_checkpoint(done_run, tmp_path, snapshot):
+    out = tmp_path / "corrupt"
+    out.mkdir()
+    for name in ("run.json", "split.csv", "metrics.csv"):
+        (out / name).write_bytes((done_run / name).read_bytes())
+    (out / "last.pt").write_bytes((done_run / "last.pt").read_bytes()[:5000])
+    _fails_without_writing(TrainConfig(out=out, resume=True, epochs=2, device="cpu"),
+                           r"last\.pt: not a readable checkpoint", snapshot, CheckpointError)
+
+
+def test_resume_from_a_checkpoint_of_another_architecture(done_run, tmp_path, snapshot):
+    out = tmp_path / "foreign"
+    out.mkdir()
+    payload = torch.load(done_run / "last.pt", weights_only=True)
+    payload["arch"] = "VGG16"
+    torch.save(payload, out / "last.pt")
+    _fails_without_writing(TrainConfig(out=out, resume=True, epochs=2, device="cpu"),
+                           r"last\.pt: architecture 'VGG16' is not one of", snapshot, CheckpointError)
+
+
+@pytest.mark.parametrize("field, value", [("dataset", "kaggle"), ("image_size", 16), ("epochs", 0), ("lr", -1.0),
+                                          ("val_fraction", 1.0), ("width", 2.5)])
+def test_bad_settings_name_the_setting(tmp_path, tiny_eyepacs, tiny_config, field, value):
+    with pytest.raises(ValueError, match=field):
+        train(tiny_config(tiny_eyepacs, tmp_path / "out", **{field: value}))
+    assert not (tmp_path / "out").exists()
+
+
+def test_eyepacs_needs_a_data_dir(tmp_path):
+    with pytest.raises(ValueError, match="data_dir: --dataset eyepacs needs --data-dir"):
+        train(TrainConfig(dataset="eyepacs", out=tmp_path / "out"))
