@@ -134,21 +134,22 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
     """A rich table: one row per lesion type, per method the lesion-level sensitivity at the seed
     threshold, at matched area and the chance control (rotated seed-threshold mask)."""
     reference = comparison["reference"]["method"]
-    table = Table(title=f"Lesion-level sensitivity, {comparison['n_images']} images "
-                        f"(matched area = {reference}'s area per image)")
+    table = Table(title=f"Lesion-level sensitivity (%), {comparison['n_images']} images",
+                  caption=f"own = the method's threshold; matched = {reference}'s area per image; "
+                          "chance = the rotated own-threshold mask")
     table.add_column("lesion type", no_wrap=True)
     labels = list(comparison["lesion_sensitivity"])
     for label in labels:
-        for heading in ("seed thr.", "matched", "chance"):
+        for heading in ("own", "matched", "chance"):
             table.add_column(f"{label}\n{heading}", justify="right")
-    area_row = ["FOV area marked"]
+    area_row = ["FOV marked"]
     for entry in comparison["runs"]:
-        area_row += [percent(entry["area_fraction"]), percent(entry["matched_area_fraction"]), ""]
+        area_row += [percent(entry[key], unit=False) for key in ("area_fraction", "matched_area_fraction")] + [""]
     for lesion_type in comparison["lesion_types"]:
         cells = [lesion_type]
         for label in labels:
             values = comparison["lesion_sensitivity"][label][lesion_type]
-            cells += [percent(values["seed_threshold"]), percent(values["matched_area"]), percent(values["chance"])]
+            cells += [percent(values[key], unit=False) for key in ("seed_threshold", "matched_area", "chance")]
         table.add_row(*cells)
     table.add_row(*area_row, style="dim")
     return table

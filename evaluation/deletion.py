@@ -44,7 +44,7 @@ from retina_fgvis.models.imagenet import ImageNetModel, image_names, load_imagen
 from retina_fgvis.runtime import progress_bar, resolve_device, seed_everything
 
 __all__ = ["DeletionCurve", "InsertionCurve", "PerturbationCurve", "DELETION_METHODS", "deletion_study",
-           "fgvis_importance", "plot_curves", "seed_fractions", "summarize_deletion"]
+           "fgvis_deletion", "plot_curves", "seed_fractions", "summarize_deletion"]
 
 DELETION_METHODS = ("fgvis", "gradcam", "occlusion", "random")
 
@@ -232,21 +232,23 @@ def _maybe_progress(show: bool, description: str, total: int):
         yield lambda: bar.advance(task)
 
 
-def fgvis_importance(model: nn.Module, inputs: torch.Tensor, *, normalization=None, reference: str = "zero",
-                     lr: float = 0.3, max_iter: int = 500, lam_grid=None, stop_fraction: float = 0.02,
-                     target=None, seed: int = 0, progress: bool = False) -> torch.Tensor:
-    """FGVis importance with the §A4.1 settings: N×1×H×W ``1 − mean mask`` (high = important).
+def fgvis_deletion(model: nn.Module, inputs: torch.Tensor, *, normalization=None, reference: str = "zero",
+                   lr: float = 0.3, max_iter: int = 500, lam_grid=None, stop_fraction: float = 0.02,
+                   target=None, batch_size: int | None = None, seed: int = 0, progress: bool = False):
+    """FGVis deletion-game masks with the §A4.1 settings; the importance map is ``result.importance``.
 
     Deletion game, SGD lr 0.3, line search over ``lam_grid`` (default 4 log-spaced values
     10⁻⁷…10⁻¹⁰, largest first), stopping an image once ``y_e[c] < stop_fraction · y_x[c]``; the same
     rule accepts a λ. ``reference`` should be the deletion curve's substrate.
+
+    Returns:
+        :class:`~retina_fgvis.fgvis.FGVisResult`; ``importance`` is N×1×H×W ``1 − mean mask`` (high = important).
     """
     explainer = FGVis(model, game="deletion", reference=reference, lr=lr, max_iter=max_iter,
-                      normalization=normalization, seed=seed, progress=progress)
-    result = explainer.attribute(inputs, target=target, lam="search",
-                                 lam_grid=lambda_grid(1e-7, 1e-10, 4) if lam_grid is None else lam_grid,
-                                 stop=RelativeScoreBelow(stop_fraction))
-    return result.importance
+                      normalization=normalization, batch_size=batch_size, seed=seed, progress=progress)
+    return explainer.attribute(inputs, target=target, lam="search",
+                               lam_grid=lambda_grid(1e-7, 1e-10, 4) if lam_grid is None else lam_grid,
+                               stop=RelativeScoreBelow(stop_fraction))
 
 
 def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="default", image_size: int | None = None,
@@ -262,7 +264,7 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
         images: image paths, uint8 H×W×3 RGB arrays or PIL images (ImageNet evaluation transform).
         model: a model name (see :data:`retina_fgvis.models.imagenet.IMAGENET_MODELS`, loaded with
             ``weights``/``image_size``/``device``) or an already loaded :class:`ImageNetModel`.
-        methods: any of ``"fgvis"`` (§A4.1 settings, see :func:`fgvis_importance`), ``"gradcam"``
+        methods: any of ``"fgvis"`` (§A4.1 settings, see :func:`fgvis_deletion`), ``"gradcam"``
             (at the model's ``cam_layer``), ``"occlusion"`` (window ``S/8``, stride half the window,
             filled with the substrate's zero) and ``"random"`` (a seeded uniform map).
         substrate: ``"zero"`` (normalised zero) or ``"black"`` (pixel black); also FGVis's reference.
@@ -306,9 +308,9 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
             for method in methods:
                 began = time.perf_counter()
                 if method == "fgvis":
-                    importance = fgvis_importance(model.model, x, normalization=model.normalization,
-                                                  reference=substrate, lr=lr, max_iter=max_iter, lam_grid=lam_grid,
-                                                  stop_fraction=stop_fraction, target=target, seed=seed)
+                    importance = fgvis_deletion(model.model, x, normalization=model.normalization,
+                                                reference=substrate, lr=lr, max_iter=max_iter, lam_grid=lam_grid,
+                                                stop_fraction=stop_fraction, target=target, seed=seed).importance
                 elif method == "gradcam":
                     importance = GradCAM(model.model, target_layer=model.cam_layer).attribute(x, target=target)
                 elif method == "occlusion":

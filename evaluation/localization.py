@@ -500,28 +500,33 @@ def _nanmean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
 
 
-def percent(value: Any) -> str:
-    """A fraction as ``"12.3 %"``; ``"–"`` for ``None``/NaN (no lesion of that type)."""
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f} %"
+def percent(value: Any, unit: bool = True) -> str:
+    """A fraction as ``"12.3 %"`` (``"12.3"`` without ``unit``); ``"–"`` for ``None``/NaN (no lesion of that type)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.1f} %" if unit else f"{100 * value:.1f}"
 
 
 def summary_table(summary: Mapping[str, Any]) -> Table:
-    """A rich table of one run's ``summary.json``: one row per lesion type."""
+    """A rich table of one run's ``summary.json``: one row per lesion type, values in %."""
     table = Table(title=f"{summary['method']}: {summary['n_images']} images, "
-                        f"detected area {percent(summary['area_fraction'])} of the FOV, "
-                        f"{summary['fp_components_per_image']:.1f} false-positive components / image")
+                        f"{percent(summary['area_fraction'])} of the FOV marked, "
+                        f"{summary['fp_components_per_image']:.1f} false-positive components / image",
+                  caption="sens. = lesion-level sensitivity; chance = the rotated mask's; values in %")
     table.add_column("lesion type", no_wrap=True)
-    for column in ("lesions", "hit", "lesion sens.", "chance", "pixel sens.", "pixel prec.", "image det."):
+    for column in ("lesions", "hit", "sens.", "chance", "pixel sens.", "pixel prec.", "image det."):
         table.add_column(column, justify="right")
     for lesion_type in summary["lesion_sensitivity"]:
         table.add_row(
             lesion_type,
             str(summary["n_lesions"][lesion_type]),
             str(summary["n_hit"][lesion_type]),
-            percent(summary["lesion_sensitivity"][lesion_type]),
-            percent(summary["chance"]["lesion_sensitivity"][lesion_type]),
-            percent(summary["pixel_sensitivity"][lesion_type]),
-            percent(summary["pixel_precision"][lesion_type]),
-            percent(summary["image_detection"][lesion_type]),
+            *(percent(value, unit=False) for value in (
+                summary["lesion_sensitivity"][lesion_type],
+                summary["chance"]["lesion_sensitivity"][lesion_type],
+                summary["pixel_sensitivity"][lesion_type],
+                summary["pixel_precision"][lesion_type],
+                summary["image_detection"][lesion_type],
+            )),
         )
     return table

@@ -189,12 +189,15 @@ def plot_explanations(item: ImageExplanations, game: str, path: str | os.PathLik
         panels = [
             (item.image, f"{item.name}\ntop-1: {item.top_name} ({item.top_score:.2f})", None),
             (shown_mask.transpose(1, 2, 0), "1 − mask" if drop else "mask", None),
-            (exp.importance, "importance (1 − mean mask)" if drop else "importance (mean mask)", "inferno"),
+            (exp.importance, f"importance ({'1 − mean mask' if drop else 'mean mask'}), 0…{exp.importance.max():.2f}",
+             "inferno"),
             (exp.explanation, f"{game}: {exp.target_name}\np {exp.initial_score:.2f} → {exp.score:.2f}, "
                               f"λ={exp.lam:.1e}, {exp.iterations} it{'' if exp.success else ' (not met)'}", None),
         ]
         for axis, (picture, title, cmap) in zip(axis_row, panels):
-            axis.imshow(picture, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None)
+            # The importance map is shown from 0 to its own maximum: sparse masks would be invisible on 0…1.
+            axis.imshow(picture, cmap=cmap, vmin=0 if cmap else None,
+                        vmax=max(float(picture.max()), 1e-6) if cmap else None)
             axis.set_title(title, fontsize=9)
             axis.axis("off")
     figure.tight_layout()

@@ -159,8 +159,7 @@ def open_dataset(dataset: str, data_dir: str | os.PathLike, *, size: int = 256, 
     For ``"synthetic"`` an existing set (``data_dir/synthetic.json``, e.g. from ``retina-fgvis synth`` or
     ``train --dataset synthetic``) is reused; otherwise its test images (40, ``size`` px, ``seed``) are built.
 
-    Returns ``(dataset object, resolved folder of its DiaretDB1 layout)``. A folder without DiaretDB1
-    raises ``DatasetError`` (a ``ValueError``) naming it.
+    Returns the opened dataset; a folder without DiaretDB1 raises ``DatasetError`` (a ``ValueError``) naming it.
     """
     from retina_fgvis.datasets.diaretdb1 import open_diaretdb1
 
@@ -171,7 +170,7 @@ def open_dataset(dataset: str, data_dir: str | os.PathLike, *, size: int = 256, 
 
             generate_synthetic(root, n_train=0, n_test=40, size=size, seed=seed)
         root = root / "diaretdb1"
-    return open_diaretdb1(root), root.resolve()
+    return open_diaretdb1(root)
 
 
 def _sha256(path: Path) -> str:
@@ -188,15 +187,13 @@ def _device(config: LocalizeConfig) -> torch.device:
     return resolve_device(config.device)
 
 
-def _run_config(config: LocalizeConfig, checkpoint: Path, root: Path, image_ids: list[str],
-                classifier) -> dict[str, Any]:
+def _run_config(config: LocalizeConfig, checkpoint: Path, image_ids: list[str], classifier) -> dict[str, Any]:
     """What run.json records; every key outside ``_RUNTIME_KEYS`` must match for a resume or a shard."""
     record = {key: value for key, value in dataclasses.asdict(config).items() if key not in _RUNTIME_KEYS}
     record.update({
         "checkpoint": str(checkpoint.resolve()),
         "checkpoint_sha256": _sha256(checkpoint),
-        "data_dir": str(root),
-        "source_dir": str(Path(config.data_dir).resolve()),
+        "data_dir": str(Path(config.data_dir).resolve()),
         "image_size": classifier.image_size,
         "target_class": int(classifier.meta["positive_class"]),
         "image_ids": sorted(image_ids),
@@ -328,12 +325,12 @@ def localize(config: LocalizeConfig) -> Path:
     device = _device(config)
     checkpoint = Path(config.checkpoint)
     classifier = load_classifier(checkpoint, map_location=device)
-    dataset, root = open_dataset(config.dataset, config.data_dir, size=classifier.image_size, seed=config.seed)
+    dataset = open_dataset(config.dataset, config.data_dir, size=classifier.image_size, seed=config.seed)
     all_ids = list(dataset.image_ids(config.split))
     if not all_ids:
-        raise ValueError(f"split: no {config.split!r} images in {root}")
+        raise ValueError(f"split: no {config.split!r} images in {config.data_dir}")
     out = Path(config.out)
-    run_config = _run_config(config, checkpoint, root, all_ids, classifier)
+    run_config = _run_config(config, checkpoint, all_ids, classifier)
     _claim_out(out, run_config)
     write_run_info(out, run_config)
 

@@ -110,28 +110,31 @@ def overlay_lesions(
     return canvas
 
 
-def heatmap(importance: np.ndarray, cmap: str = "inferno") -> np.ndarray:
-    """Colour-map an importance map (H×W float, high = important) scaled by its maximum -> uint8 H×W×3."""
-    importance = np.asarray(importance, dtype=np.float32)
+def _scaled(importance: np.ndarray) -> np.ndarray:
+    """An H×W importance map divided by its maximum, clipped to [0, 1] (all zeros when the maximum is ≤ 0)."""
+    importance = np.nan_to_num(np.asarray(importance, dtype=np.float32))
     if importance.ndim != 2:
         raise ValueError(f"importance: expected an H×W array, got shape {importance.shape}")
-    peak = float(np.nanmax(importance)) if importance.size else 0.0
-    scaled = np.clip(np.nan_to_num(importance / peak if peak > 0 else importance * 0.0), 0.0, 1.0)
-    return (colormaps[cmap](scaled)[..., :3] * 255).round().astype(np.uint8)
+    peak = float(importance.max()) if importance.size else 0.0
+    return np.clip(importance / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(importance)
+
+
+def heatmap(importance: np.ndarray, cmap: str = "inferno") -> np.ndarray:
+    """Colour-map an importance map (H×W float, high = important) scaled by its maximum -> uint8 H×W×3."""
+    return (colormaps[cmap](_scaled(importance))[..., :3] * 255).round().astype(np.uint8)
 
 
 def overlay_heatmap(image: np.ndarray, importance: np.ndarray, alpha: float = 0.5, cmap: str = "inferno") -> np.ndarray:
     """Blend :func:`heatmap` of ``importance`` over ``image``: ``(1 − alpha·a)·image + alpha·a·heat``.
 
-    ``a`` is the importance scaled to [0, 1], so unimportant pixels keep the fundus visible.
+    ``a`` is the importance scaled to [0, 1] by its maximum, so unimportant pixels keep the fundus visible.
     """
     image = _check_image(image)
-    heat = heatmap(importance, cmap).astype(np.float32)
-    if heat.shape != image.shape:
-        raise ValueError(f"importance: shape {heat.shape[:2]} does not match the image's {image.shape[:2]}")
-    peak = float(np.max(importance)) if np.size(importance) else 0.0
-    weight = alpha * (np.clip(np.asarray(importance, np.float32) / peak, 0, 1) if peak > 0 else 0.0)
-    weight = np.broadcast_to(np.asarray(weight, np.float32), image.shape[:2])[..., None]
+    scaled = _scaled(importance)
+    if scaled.shape != image.shape[:2]:
+        raise ValueError(f"importance: shape {scaled.shape} does not match the image's {image.shape[:2]}")
+    heat = colormaps[cmap](scaled)[..., :3].astype(np.float32) * 255
+    weight = alpha * scaled[..., None]
     return ((1.0 - weight) * image + weight * heat).round().astype(np.uint8)
 
 

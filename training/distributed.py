@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -17,6 +17,8 @@ import torch.distributed as dist
 from retina_fgvis.runtime import resolve_device
 
 __all__ = ["DistContext", "distributed_context", "launched_by_torchrun"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,27 @@ class DistContext:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def main_first(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on rank 0, then on the other ranks (e.g. rank 0 creates files the others read).
+
+        A ValueError on rank 0 is raised on every rank, so none waits forever at a barrier.
+        """
+        if not self.distributed:
+            return fn()
+        result, failure = None, None
+        if self.is_main:
+            try:
+                result = fn()
+            except ValueError as error:
+                failure = error
+        status = [None if failure is None else str(failure)]
+        dist.broadcast_object_list(status, src=0)
+        if failure is not None:
+            raise failure
+        if status[0] is not None:
+            raise ValueError(status[0])
+        return result if self.is_main else fn()
 
 
 def launched_by_torchrun() -> bool:

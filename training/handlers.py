@@ -171,4 +171,4 @@ class RichProgressHandler:
         self.progress.console.print(
             f"epoch {row['epoch']}: loss {row['train_loss']:.4f}  val AUC {row['val_auc']:.4f}  "
             f"sens {row['val_sensitivity']:.3f}  spec {row['val_specificity']:.3f}  "
-            f"@ p>={row['operating_point']:.3f}  ({row['seconds']:.1f} s){best}")
+            f"@ p>={row['operating_point']:.3f}  ({row['seconds']:.1f} s){best}", highlight=False, soft_wrap=True)

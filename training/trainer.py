@@ -15,6 +15,8 @@ killed at any moment resumes (``resume=True``) at the epoch after ``last.pt`` wi
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -23,13 +25,14 @@ from typing import Any
 
 import pandas as pd
 import torch
+from ignite.engine import Events
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from monai.handlers import LrScheduleHandler, ROCAUC, ValidationHandler, from_engine
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from torch import nn
 
 from retina_fgvis._io import atomic_write_csv, write_run_info
-from retina_fgvis.models.checkpoint import read_checkpoint, save_checkpoint, unwrap_model
+from retina_fgvis.models.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
 from retina_fgvis.models.fundus_cnn import FundusCNN
 from retina_fgvis.runtime import progress_bar, seed_everything
 from training.config import RESUMABLE_OVERRIDES, TrainConfig
@@ -83,8 +86,8 @@ def _refuse_existing_run(out: Path) -> None:
     run_json = out / RUN_FILES["run"]
     if not found and run_json.exists():
         try:
-            is_training = pd.read_json(run_json, typ="series")["config"].get("task") == "train"
-        except (ValueError, KeyError, AttributeError):
+            is_training = json.loads(run_json.read_text())["config"]["task"] == "train"
+        except (ValueError, KeyError, TypeError):
             is_training = False
         if not is_training:
             found.append(RUN_FILES["run"])
@@ -99,12 +102,37 @@ def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
     if not last.exists():
         raise ValueError(f"resume: {out} holds no checkpoint {RUN_FILES['last']} to resume from")
     payload = read_checkpoint(last)
-    if not isinstance(payload.get("config"), dict) or payload.get("epoch") is None:
-        raise ValueError(f"resume: checkpoint {last} was not written by the trainer (no config/epoch)")
+    if (not isinstance(payload.get("config"), dict) or payload.get("epoch") is None or not payload.get("optimizer")
+            or "scheduler" not in (payload.get("extra") or {})):
+        raise ValueError(f"resume: checkpoint {last} holds no training state (config, epoch, optimizer, scheduler)")
     stored = TrainConfig.from_dict(payload["config"])
     overrides = {key: getattr(config, key) for key in RESUMABLE_OVERRIDES if getattr(config, key) is not None}
     merged = TrainConfig.from_dict({**stored.to_dict(), **overrides, "out": str(out), "resume": True})
     return merged.resolved(), payload
+
+
+def _restore(payload: dict[str, Any], optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+             epochs: int, metrics_path: Path) -> tuple[int, list[dict], tuple[float, int]]:
+    """Load optimiser and schedule from ``last.pt`` -> (its epoch, metrics rows up to it, (best AUC, best epoch))."""
+    optimizer.load_state_dict(payload["optimizer"])
+    extra = payload["extra"]
+    scheduler.load_state_dict(extra["scheduler"])
+    # The cosine follows this call's (possibly extended) epoch count.
+    for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base_lr * _cosine(epochs)(scheduler.last_epoch)
+    epoch = int(payload["epoch"])
+    history = []
+    if metrics_path.exists():
+        saved = pd.read_csv(metrics_path)
+        history = saved[saved["epoch"] <= epoch].to_dict("records")
+    return epoch, history, (float(extra.get("best_auc", -1.0)), int(extra.get("best_epoch", 0)))
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete temporary files a killed run left behind (``atomic_path`` names them ``.NAME.*.tmp*``)."""
+    for name in RUN_FILES.values():
+        for stale in out.glob(f".{name}.*.tmp*"):
+            stale.unlink()
 
 
 def _class_weights(labels: pd.Series) -> torch.Tensor:
@@ -126,9 +154,12 @@ def _tensorboard_handlers(out: Path, trainer: SupervisedTrainer, evaluator: Supe
 
     writer = SummaryWriter(log_dir=str(out / RUN_FILES["tensorboard"]))
     TensorBoardStatsHandler(summary_writer=writer, tag_name="train_loss", epoch_log=False,
-                            output_transform=from_engine(["loss"], first=True)).attach(trainer)
+                            output_transform=lambda output: output["loss"].detach().item()).attach(trainer)
     TensorBoardStatsHandler(summary_writer=writer, iteration_log=False, output_transform=lambda _: None,
                             global_epoch_transform=lambda _: trainer.state.epoch).attach(evaluator)
+    # Flushed every epoch, so a killed run keeps its curves up to the last checkpoint.
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda _: writer.flush())
+    trainer.add_event_handler(Events.COMPLETED, lambda _: writer.close())
 
 
 def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
@@ -142,15 +173,11 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     paths = {key: out / name for key, name in RUN_FILES.items()}
 
     # Everything is validated before the first write; only the synthetic set is generated first,
-    # by the main process, and the others read it after the barrier.
+    # by the main process, and the others read it afterwards.
     if payload is not None and paths["split"].exists():
         split = load_split(paths["split"])
     else:
-        if ctx.is_main:
-            split = prepare_split(config)
-        ctx.barrier()
-        if not ctx.is_main:
-            split = prepare_split(config)
+        split = ctx.main_first(lambda: prepare_split(config))
     train_rows = split[split["split"] == "train"]
     if payload is not None:
         mean, std = list(payload["meta"]["mean"]), list(payload["meta"]["std"])
@@ -161,30 +188,24 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
                                                       world_size=ctx.world_size)
 
     seed_everything(config.seed)
-    network = FundusCNN(width=config.width, dropout=config.dropout)
+    if payload is None:
+        network = FundusCNN(width=config.width, dropout=config.dropout)
+    else:  # the architecture (and any mismatch with its weights) comes from the checkpoint itself
+        network = model_from_checkpoint(payload, paths["last"])
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.epochs))
     start_epoch, history, best = 0, [], (-1.0, 0)
     if payload is not None:
-        network.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        extra = payload.get("extra") or {}
-        scheduler.load_state_dict(extra["scheduler"])
-        # The cosine follows the (possibly extended) epoch count of this call.
-        for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
-            group["lr"] = base_lr * _cosine(config.epochs)(scheduler.last_epoch)
-        start_epoch = int(payload["epoch"])
-        best = (float(extra.get("best_auc", -1.0)), int(extra.get("best_epoch", 0)))
-        if paths["metrics"].exists():
-            saved = pd.read_csv(paths["metrics"])
-            history = saved[saved["epoch"] <= start_epoch].to_dict("records")
+        start_epoch, history, best = _restore(payload, optimizer, scheduler, config.epochs, paths["metrics"])
 
     if ctx.is_main:
-        write_run_info(out, {"task": "train", **config.to_dict()})
         if payload is None:
             atomic_write_csv(paths["split"], split)
-        if payload is not None:  # drop rows of an epoch trained after the last checkpoint
+        else:
+            _remove_stale_temporaries(out)
+            # Drops the row of an epoch trained after the last checkpoint (killed before saving it).
             atomic_write_csv(paths["metrics"], pd.DataFrame(history, columns=list(METRIC_COLUMNS)))
+        write_run_info(out, {"task": "train", **config.to_dict()})
     ctx.barrier()
 
     device = ctx.device
@@ -239,10 +260,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     trainer.state.iteration = start_epoch * epoch_length
     epochs_run = max(0, config.epochs - start_epoch)
     if epochs_run:
-        if progress is not None:
-            with progress:
-                trainer.run()
-        else:
+        with progress if progress is not None else contextlib.nullcontext():
             trainer.run()
     ctx.barrier()
     return TrainResult(run_dir=out, best_checkpoint=paths["best"], last_checkpoint=paths["last"],

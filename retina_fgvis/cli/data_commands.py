@@ -33,7 +33,7 @@ def synth(
         paths = generate_synthetic(out, n_train=n_train, n_test=n_test, size=size, seed=seed, progress=True)
     except ValueError as error:
         _fail(error)
-    console = Console()
+    console = Console(soft_wrap=True, highlight=False)
     console.print(f"EyePACS layout:        {paths.eyepacs}")
     console.print(f"DiaretDB1 v2.1 layout: {paths.diaretdb1}")
     console.print(f"DiaretDB1 v1.1 layout: {paths.diaretdb1_v1}")
@@ -56,4 +56,4 @@ def prepare_eyepacs_command(
     except ValueError as error:
         _fail(error)
     colour = "red" if summary.failed else "green"
-    Console().print(f"[{colour}]{summary}[/{colour}]", highlight=False)
+    Console(soft_wrap=True).print(f"[{colour}]{summary}[/{colour}]", highlight=False)

@@ -26,7 +26,7 @@ def score_and_report(out: str | Path, *, progress: bool = True) -> tuple[dict, P
 
 def fail(error: Exception) -> None:
     """The CLI's answer to bad input: one red line, exit code 2."""
-    console.print(f"[red]error: {error}[/red]", highlight=False)
+    Console(stderr=True).print(f"[red]error: {error}[/red]", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -56,9 +56,10 @@ def localize_command(
     try:
         run = localize(config)
         if not run_complete(run):
-            console.print(f"shard finished; other shards still running. Score later: retina-fgvis evaluate score {run}")
+            console.print(f"shard finished; other shards still running. Score later: retina-fgvis evaluate score {run}",
+                          soft_wrap=True)
             return
         _, report = score_and_report(run, progress=progress)
     except ValueError as error:
         fail(error)
-    console.print(f"report: {report}")
+    console.print(f"report: {report}", soft_wrap=True)

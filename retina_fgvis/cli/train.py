@@ -50,7 +50,7 @@ def train_command(
     try:
         result = train(config)
     except ValueError as error:
-        console.print(f"[red]error: {error}[/red]", highlight=False)
+        Console(stderr=True).print(f"[red]error: {error}[/red]", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from None
     if not result.is_main:
         return
@@ -62,4 +62,4 @@ def train_command(
         table.add_row(key, f"{result.metrics[key]:.4f}", f"{result.best_metrics[key]:.4f}")
     console.print(table)
     console.print(f"best checkpoint: [bold]{result.best_checkpoint}[/bold]  (last: {result.last_checkpoint}; "
-                  f"{result.epochs_run} epoch(s) in {result.seconds:.0f} s)", highlight=False)
+                  f"{result.epochs_run} epoch(s) in {result.seconds:.0f} s)", highlight=False, soft_wrap=True)

@@ -310,20 +310,20 @@ class DiaretDB1(ABC):
         grey = self.grey(image_id, shape)
         return {lesion: grey[lesion] >= self.grey_threshold * GREY_MAX - 1e-6 for lesion in LESION_TYPES}
 
-    def fov(self, image_id: str, image: np.ndarray) -> np.ndarray:
-        """Field of view at native resolution; the image's own :func:`fov_mask` unless the release ships one."""
-        return fov_mask(image)
+    def fov(self, image_fov: np.ndarray) -> np.ndarray:
+        """Field of view at native resolution: the release's mask if it ships one, else ``image_fov``."""
+        return image_fov
 
     def load(self, image_id: str, size: int | None = None, graham: bool = False) -> FundusSample:
         """Image, FOV and consensus lesion masks of ``image_id`` (see the class docstring)."""
         path = self.image_path(image_id)
         image = read_rgb(path)
         lesions = self.lesion_masks(image_id, image.shape[:2])
-        fov = self.fov(image_id, image)
+        image_fov = fov_mask(image)
+        if not image_fov.any():
+            raise DatasetError(path, "no field of view found (the image is black)")
+        fov = self.fov(image_fov)
         if size is not None:
-            image_fov = fov_mask(image)
-            if not image_fov.any():
-                raise DatasetError(path, "no field of view found (the image is black)")
             image, fov, lesions = crop_to_fov(image, fov, size=size, masks=lesions, box_fov=image_fov)
         if graham:
             image = graham_normalize(image, fov)
@@ -358,11 +358,11 @@ class _V11(DiaretDB1):
     def grey(self, image_id: str, shape: tuple[int, int]) -> dict[str, np.ndarray]:
         return {lesion: self._read_grey(self.root / V1_GROUNDTRUTH / V1_FOLDERS[lesion] / f"{image_id}.png", shape) for lesion in LESION_TYPES}
 
-    def fov(self, image_id: str, image: np.ndarray) -> np.ndarray:
+    def fov(self, image_fov: np.ndarray) -> np.ndarray:
         path = self.root / V1_FMASK
         if not path.is_file():
-            return fov_mask(image)
-        return self._read_grey(path, image.shape[:2]) > 0
+            return image_fov
+        return self._read_grey(path, image_fov.shape) > 0
 
     @staticmethod
     def _read_grey(path: Path, shape: tuple[int, int]) -> np.ndarray:

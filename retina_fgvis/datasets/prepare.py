@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +30,6 @@ from retina_fgvis._io import atomic_write_csv, atomic_write_png, write_run_info
 from retina_fgvis.datasets.errors import DatasetError
 from retina_fgvis.datasets.eyepacs import LABELS_CSV, SOLUTION_CSV, find_images
 from retina_fgvis.datasets.fundus import load_fundus
-from retina_fgvis.runtime import progress_bar
 
 SETTINGS_FILE = "prepare.json"
 FAILURES_FILE = "failures.csv"
@@ -95,6 +95,8 @@ def prepare_eyepacs(
     for folder in {Path(task[2]).parent for task in tasks}:
         _remove_stale_temporaries(folder)
 
+    from retina_fgvis.runtime import progress_bar  # imported here: it pulls in torch, which workers do not need
+
     failures = []
     with progress_bar() as bar:
         task_id = bar.add_task("preparing", total=len(images), completed=skipped, status="", visible=progress)
@@ -121,7 +123,11 @@ def _run(tasks: list[tuple], workers: int | None) -> Iterator[tuple[str, str, st
     if workers in (0, 1) or len(tasks) <= 1:
         yield from map(_prepare_one, tasks)
         return
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker) as pool:
+    # Workers fork from a fresh server process: forking this (multi-threaded: OpenCV, torch, the progress
+    # bar) process can deadlock the children. The server imports this module once for all of them.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker) as pool:
         try:
             yield from pool.map(_prepare_one, tasks, chunksize=max(1, min(16, len(tasks) // (4 * (workers or os.cpu_count() or 1)))))
         except BaseException:

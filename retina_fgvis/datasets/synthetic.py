@@ -56,7 +56,6 @@ from retina_fgvis.datasets.diaretdb1 import (
     expert_xml,
     summed_confidence,
 )
-from retina_fgvis.runtime import progress_bar
 
 #: Probability of each DR grade 0–4 (training set: 42 % RDR; test set: mostly diseased, like DiaretDB1).
 TRAIN_GRADE_P = (0.40, 0.18, 0.22, 0.11, 0.09)
@@ -125,6 +124,8 @@ def generate_synthetic(
         raise ValueError("n_train, n_test: nothing to generate (both are 0)")
     root = Path(out)
     paths = SyntheticPaths(root, root / "eyepacs", root / "diaretdb1", root / "diaretdb1_v1", root / "images.csv")
+    from retina_fgvis.runtime import progress_bar  # imported here: it pulls in torch, which painting does not need
+
     painter = _Painter(int(size))
     rows: list[dict] = []
     with progress_bar(transient=True) as bar:

@@ -49,6 +49,9 @@ GAMES = {
 }
 # Games that start where the stop rules do not hold yet, so they may stop early.
 _EARLY_STOP_GAMES = ("deletion", "generation")
+# Default CPU chunk: rows totalling about this many input values.  CPU kernels gain nothing from
+# larger batches, while buffers above glibc's mmap threshold (32 MB) cost page faults every step.
+_CPU_CHUNK_VALUES = 2**20
 
 
 @dataclass
@@ -146,7 +149,8 @@ class FGVis:
         normalization: ``(mean, std)`` per channel of images scaled to [0, 1].
         noise_std: std of the noise reference in [0, 1] pixel units (8/255 = sigma_n 8).
         blur_sigma: std in pixels of the blur reference.
-        batch_size: most rows (image x lambda pairs) optimised at once; ``None`` = all.
+        batch_size: most rows (image x lambda pairs) optimised at once; ``None`` = all rows
+            on CUDA, on the CPU chunks of about 2**20 input values (one 512 px image, six at 224 px).
         seed: seeds the uniform start of ``m`` and the noise reference; both depend only on
             the seed and the image shape, so an image gets the same result in any batch.
         progress: show a rich progress bar over the rows.
@@ -344,7 +348,8 @@ class FGVis:
     def _run(self, inputs, reference, row_image, row_target, row_lam, stop) -> dict[str, torch.Tensor]:
         """Optimise rows (image ``row_image[r]`` with ``row_lam[r]``) in chunks of ``batch_size``."""
         total = len(row_image)
-        size = self.batch_size or total
+        size = self.batch_size or (total if inputs.device.type == "cuda" else
+                                   max(1, _CPU_CHUNK_VALUES // inputs[0].numel()))
         chunks = []
         bar = progress_bar(transient=True) if self.progress else contextlib.nullcontext()
         with bar:
@@ -404,7 +409,8 @@ class FGVis:
         start = initial_mask(self.game, x.shape[1:], self.seed)
         m = start.to(device=device, dtype=x.dtype).expand_as(x).contiguous(memory_format=fmt)
         lam = lam.to(x.dtype)
-        row_filter = filt.select(local) if filt is not None else None
+        identity = rows == len(x_img) and torch.equal(local, torch.arange(rows, device=device))
+        row_filter = filt if filt is None or identity else filt.select(local)
 
         out_mask = torch.empty_like(m)
         out_iters = torch.zeros(rows, dtype=torch.long, device=device)

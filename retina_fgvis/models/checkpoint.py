@@ -31,7 +31,7 @@ from retina_fgvis._io import atomic_path
 from retina_fgvis.models.fundus_cnn import FundusCNN
 
 __all__ = ["ARCHITECTURES", "CHECKPOINT_FORMAT", "CheckpointError", "LoadedClassifier", "build_model",
-           "load_classifier", "read_checkpoint", "save_checkpoint", "unwrap_model"]
+           "load_classifier", "model_from_checkpoint", "read_checkpoint", "save_checkpoint", "unwrap_model"]
 
 CHECKPOINT_FORMAT = "retina-fgvis-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -111,7 +111,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return payload
 
 
-def _model_from_payload(payload: dict[str, Any], path: Path) -> nn.Module:
+def model_from_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> nn.Module:
+    """Build the architecture of a :func:`read_checkpoint` dict and load its weights (train mode).
+
+    CheckpointError naming ``path`` when the weights do not fit the stored architecture.
+    """
     try:
         model = build_model(payload["arch"], payload["arch_kwargs"])
         model.load_state_dict(payload["model"])
@@ -148,7 +152,10 @@ class LoadedClassifier:
         return tuple(float(v) for v in self.meta["mean"]), tuple(float(v) for v in self.meta["std"])
 
     def prepare(self, images: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
-        """uint8 images, N×S×S×3 (or one S×S×3), S = image_size -> float N×3×S×S normalised, on the model's device."""
+        """uint8 images N×S×S×3 (or one S×S×3), S = image_size -> float N×3×S×S on the model's device.
+
+        ``x = (image / 255 - mean) / std`` per channel.
+        """
         batch = np.asarray(images)
         if batch.ndim == 3:
             batch = batch[None]
@@ -174,5 +181,5 @@ def load_classifier(path: str | os.PathLike, map_location: str | torch.device = 
     """Rebuild the classifier stored in ``path``; CheckpointError (a ValueError) names the file."""
     path = Path(path)
     payload = read_checkpoint(path, map_location)
-    model = _model_from_payload(payload, path).to(map_location).eval()
+    model = model_from_checkpoint(payload, path).to(map_location).eval()
     return LoadedClassifier(model=model, meta=dict(payload["meta"]), path=path, checkpoint=payload)

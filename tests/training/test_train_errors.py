@@ -47,8 +47,8 @@ def test_missing_data_dir(tmp_path, tiny_config, snapshot):
 
 
 def test_out_holding_another_run_without_resume(done_run, tiny_eyepacs, tiny_config, snapshot):
-    _fails_without_writing(tiny_config(tiny_eyepacs, done_run), r"already holds a run \(metrics.csv, last.pt, best.pt\);"
-                           r" pass --resume", snapshot)
+    _fails_without_writing(tiny_config(tiny_eyepacs, done_run),
+                           r"already holds a run \(metrics.csv, last.pt, best.pt\); pass --resume", snapshot)
 
 
 def test_out_holding_another_commands_results(tmp_path, tiny_eyepacs, tiny_config, snapshot):

@@ -82,3 +82,56 @@ def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(tin
     # Resuming a finished run trains nothing and keeps its files.
     again = train(TrainConfig(out=out, resume=True, progress=False, device="cpu"))
     assert again.epochs_run == 0 and again.metrics["epoch"] == 3
+
+
+KILLABLE = """
+import sys
+import torch
+from training import TrainConfig, train
+torch.set_num_threads(1)
+train(TrainConfig(dataset="eyepacs", data_dir=sys.argv[1], out=sys.argv[2], epochs=50, image_size=48, width=4,
+                  batch_size=4, device="cpu", progress=False, norm_samples=8))
+"""
+
+
+def test_a_run_killed_mid_epoch_resumes_without_losing_a_saved_epoch(tiny_eyepacs, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script, out = tmp_path / "killable.py", tmp_path / "killed"
+    script.write_text(KILLABLE)
+    process = subprocess.Popen([sys.executable, str(script), str(tiny_eyepacs), str(out)],
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        os.kill(process.pid, signal.SIGKILL)  # the next epoch has started: no chance to clean up
+    finally:
+        process.kill()
+        process.wait()
+    saved = read_checkpoint(out / "last.pt")["epoch"]
+    rows = pd.read_csv(out / "metrics.csv")
+    rows = rows[rows["epoch"] <= saved]
+    result = train(TrainConfig(out=out, resume=True, epochs=saved + 1, device="cpu", progress=False))
+    assert result.epochs_run == 1
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["epoch"].tolist() == list(range(1, saved + 2))
+    pd.testing.assert_frame_equal(metrics.iloc[:saved], rows)
+    assert read_checkpoint(out / "last.pt")["epoch"] == saved + 1
+    assert load_classifier(out / "best.pt").meta["image_size"] == 48
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp") or ".tmp." in p.name]
+
+
+def test_tensorboard_logs_loss_and_validation_metrics(tiny_eyepacs, tiny_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    result = train(tiny_config(tiny_eyepacs, tmp_path / "tb", epochs=1, tensorboard=True))
+    events = EventAccumulator(str(result.run_dir / "tensorboard"))
+    events.Reload()
+    assert {"train_loss", "val_auc", "val_sensitivity", "val_specificity"} <= set(events.Tags()["scalars"])
+    assert len(events.Scalars("train_loss")) == 4  # 32 training images / batches of 8

@@ -1,0 +1,133 @@
+"""Throughput of the FGVis engine against a naive single-image loop on the same model and images.
+
+The naive reference is how public single-image implementations work: one image at a time, fp32,
+eager, a Python loop with a ``.item()`` stop check every step.  It runs the same algorithm
+(deletion game, max-normalised SGD, clamp, the same gradient filter), so the two differ only in
+how the work is scheduled.  Both run exactly ``--steps`` steps: the stop threshold is never met.
+
+    python benchmarks/bench_fgvis.py --model googlenet --size 224 --images 8 --steps 20 --device cpu
+    python benchmarks/bench_fgvis.py --model fundus_cnn --size 512 --images 64 --steps 500 --device cuda
+
+Models have random weights (nothing is downloaded); throughput does not depend on the weights.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+import torchvision
+
+from retina_fgvis.fgvis import FGVis, FixedSteps, GradientFilter, ScoreBelow, initial_mask
+from retina_fgvis.models.fundus_cnn import FundusCNN
+
+THRESHOLD = 1e-30  # never reached: every image runs all steps
+
+
+def build_model(name: str, width: int) -> torch.nn.Module:
+    if name == "googlenet":
+        return torchvision.models.googlenet(weights=None, init_weights=False, aux_logits=False)
+    if name == "fundus_cnn":
+        return FundusCNN(width=width)
+    raise SystemExit(f"--model: {name!r} is not googlenet or fundus_cnn")
+
+
+def naive_fgvis(model, x, target, steps, lr, lam, defense):
+    """Deletion game for one image (1 x C x H x W), zero reference; returns the mask."""
+    m = initial_mask("deletion", x.shape[1:]).to(x).requires_grad_(True)
+    filt = GradientFilter()
+    if defense:
+        with torch.no_grad(), filt.record():
+            model(x)
+    for _ in range(steps):
+        with filt.apply() if defense else torch.enable_grad():
+            logits = model(x * m)
+        prob = torch.log_softmax(logits, 1)[0, target].exp()
+        if prob.item() < THRESHOLD:
+            break
+        loss = prob + lam * (1 - m).sum()
+        (grad,) = torch.autograd.grad(loss, m)
+        with torch.no_grad():
+            m = (m - lr * grad / grad.abs().max()).clamp(0, 1)
+        m.requires_grad_(True)
+    return m.detach()
+
+
+def timed(fn, device, repeats):
+    """Best of ``repeats`` runs: (output, wall seconds, process CPU seconds of that run)."""
+    best = None
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        if best is None or wall < best[1]:
+            best = (out, wall, cpu)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="googlenet", choices=["googlenet", "fundus_cnn"])
+    parser.add_argument("--width", type=int, default=32, help="FundusCNN width")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--images", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=None, help="engine rows per batch (default: all)")
+    parser.add_argument("--no-defense", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="engine uses torch.compile")
+    parser.add_argument("--fp32", action="store_true", help="engine without bf16 autocast on CUDA")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--repeats", type=int, default=1, help="report the best of this many runs")
+    parser.add_argument("--skip-naive", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    defense = not args.no_defense
+    torch.manual_seed(0)
+    model = build_model(args.model, args.width).to(device).eval()
+    x = torch.randn(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(device)
+    lr, lam = 0.1, 1e-10
+
+    engine = FGVis(model, game="deletion", defense=defense, lr=lr, max_iter=args.steps,
+                   batch_size=args.batch_size, compile=args.compile, autocast=False if args.fp32 else None)
+    stop = ScoreBelow(THRESHOLD)
+    # Warm-up of both (one-off library initialisation, cuDNN autotuning, compilation).
+    for p in model.parameters():
+        p.requires_grad_(False)
+    naive_fgvis(model, x[:1], 0, 2, lr, lam, defense)
+    engine.attribute(x, lam=lam, stop=FixedSteps(2))
+    res, t_engine, c_engine = timed(lambda: engine.attribute(x, lam=lam, stop=stop), device, args.repeats)
+    assert (res.iterations == args.steps).all()
+    if device.type == "cpu":
+        hardware = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                         if line.startswith("model name")), platform.processor())
+    else:
+        hardware = torch.cuda.get_device_name(device)
+    print(f"hardware: {hardware}; torch {torch.__version__}; CPU threads {torch.get_num_threads()}")
+    print(f"model {args.model} {args.size}px, {args.images} images, {args.steps} steps, defense={defense}, "
+          f"device {device}, best of {args.repeats}")
+    # CPU time of this process is the fairer figure on a machine shared with other jobs.
+    print(f"engine: {t_engine:8.2f} s wall {args.images / t_engine:8.3f} images/s | "
+          f"{c_engine:8.2f} s CPU {args.images / c_engine:8.3f} images/CPU-s")
+    if args.skip_naive:
+        return
+    masks, t_naive, c_naive = timed(
+        lambda: [naive_fgvis(model, x[i:i + 1], int(res.target[i]), args.steps, lr, lam, defense)
+                 for i in range(args.images)], device, args.repeats)
+    print(f"naive:  {t_naive:8.2f} s wall {args.images / t_naive:8.3f} images/s | "
+          f"{c_naive:8.2f} s CPU {args.images / c_naive:8.3f} images/CPU-s")
+    # Defended runs may differ where an activation sits at its bound (round-off decides).
+    diff = (torch.cat(masks) - res.mask).abs().max().item()
+    print(f"ratio engine/naive: {t_naive / t_engine:.2f}x wall, {c_naive / c_engine:.2f}x CPU time "
+          f"(max |mask difference| {diff:.2e})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""`retina-fgvis localize` end to end on the small semi-synthetic set."""
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from retina_fgvis.cli import app
+
+runner = CliRunner()
+
+
+def _args(synthetic_data, trained_checkpoint, out, *extra: str) -> list[str]:
+    return ["localize", "--dataset", "synthetic", "--data-dir", str(synthetic_data.root), "--checkpoint",
+            str(trained_checkpoint), "--out", str(out), "--device", "cpu", "--no-progress", *extra]
+
+
+def test_localize_scores_and_reports_when_all_shards_are_done(synthetic_data, trained_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    first = runner.invoke(app, _args(synthetic_data, trained_checkpoint, out, "--max-iter", "5", "--shard", "0/2"))
+    assert first.exit_code == 0, first.output
+    assert "other shards" in first.output and not (out / "summary.json").exists()
+    second = runner.invoke(app, _args(synthetic_data, trained_checkpoint, out, "--max-iter", "5", "--shard", "1/2"))
+    assert second.exit_code == 0, second.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "fgvis" and summary["n_images"] == 10
+    assert "hard_exudates" in second.output  # the summary table
+    assert (out / "report.html").is_file() and str(out / "report.html") in second.output.replace("\n", "")
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["max_iter"] == 5 and config["lam"] == 1e-10 and config["threshold"] == 0.04
+
+
+def test_bad_input_is_one_red_line_and_exit_code_2(synthetic_data, trained_checkpoint, tmp_path):
+    result = runner.invoke(app, _args(synthetic_data, trained_checkpoint, tmp_path / "a", "--threshold", "1.5"))
+    assert result.exit_code == 2 and "threshold" in result.output
+    assert result.output.strip().count("\n") == 0
+    result = runner.invoke(app, _args(synthetic_data, tmp_path / "missing.pt", tmp_path / "b"))
+    assert result.exit_code == 2 and "missing.pt" in result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -1,0 +1,215 @@
+"""Localization runs on the small semi-synthetic set with the quickly trained model (tests/conftest.py)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from evaluation.compare import compare_runs
+from evaluation.localization import score_run
+from retina_fgvis.datasets import LESION_TYPES
+from retina_fgvis.datasets.errors import DatasetError
+from retina_fgvis.localize import LocalizeConfig, localize, parse_shard, run_complete, select_shard
+from retina_fgvis.models.checkpoint import CheckpointError
+
+#: FGVis as the seed's medical settings except the step limit, kept small for the test budget.
+FGVIS_STEPS = 100
+
+
+def _config(data, checkpoint, out, **overrides) -> LocalizeConfig:
+    settings = dict(data_dir=data.root, checkpoint=checkpoint, out=out, dataset="synthetic", device="cpu",
+                    progress=False, max_iter=FGVIS_STEPS)
+    return LocalizeConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic_data, trained_checkpoint, tmp_path_factory):
+    """FGVis and Grad-CAM run folders over the 10 test images, scored and compared."""
+    base = tmp_path_factory.mktemp("localize")
+    fgvis = localize(_config(synthetic_data, trained_checkpoint, base / "fgvis"))
+    gradcam = localize(_config(synthetic_data, trained_checkpoint, base / "gradcam", method="gradcam"))
+    return {"fgvis": fgvis, "gradcam": gradcam, "summary": score_run(fgvis),
+            "comparison": compare_runs([fgvis, gradcam], base / "comparison")}
+
+
+def _sum_over_types(summary_part: dict, types) -> float:
+    return sum(summary_part[t] for t in types)
+
+
+def test_fgvis_masks_reach_the_lesions_well_above_chance(runs):
+    summary = runs["summary"]
+    types = [t for t in LESION_TYPES if summary["n_lesions"][t]]
+    assert types, "the small set must hold lesions"
+    hits = sum(summary["n_hit"][t] for t in types)
+    chance_hits = sum(summary["chance"]["n_hit"][t] for t in types)
+    lesions = sum(summary["n_lesions"][t] for t in types)
+    assert hits / lesions >= chance_hits / lesions + 0.10, (hits, chance_hits, lesions, summary)
+    for t in types:
+        assert summary["lesion_sensitivity"][t] >= summary["chance"]["lesion_sensitivity"][t], (t, summary)
+
+
+def test_fgvis_beats_gradcam_at_matched_area_on_every_lesion_type(runs):
+    sensitivity = runs["comparison"]["lesion_sensitivity"]
+    for t in LESION_TYPES:
+        fgvis, gradcam = sensitivity["fgvis"][t]["matched_area"], sensitivity["gradcam"][t]["matched_area"]
+        if fgvis is None:  # no lesion of this type in the set
+            continue
+        assert fgvis > gradcam, (t, sensitivity)
+
+
+def test_summary_json_keys(runs):
+    summary = json.loads((runs["fgvis"] / "summary.json").read_text())
+    assert summary["method"] == "fgvis" and summary["n_images"] == 10
+    assert 0 < summary["area_fraction"] < 1
+    for key in ("lesion_sensitivity", "pixel_sensitivity", "pixel_precision", "image_detection"):
+        assert set(summary[key]) == set(LESION_TYPES)
+    assert set(summary["chance"]["lesion_sensitivity"]) == set(LESION_TYPES)
+    assert math.isfinite(summary["fp_components_per_image"])
+
+
+def test_run_folder_holds_every_per_image_output(runs, trained_checkpoint):
+    out = runs["fgvis"]
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["method"] == "fgvis" and config["dataset"] == "synthetic" and config["split"] == "test"
+    assert (config["lam"], config["lr"], config["stop_score"], config["threshold"]) == (1e-10, 0.25, 0.10, 0.04)
+    assert config["checkpoint"] == str(Path(trained_checkpoint).resolve())
+    assert run_complete(out)
+    folders = sorted((out / "images").iterdir())
+    assert [f.name for f in folders] == config["image_ids"]
+    for folder in folders:
+        with np.load(folder / "maps.npz") as maps:
+            importance, binary = maps["importance"], maps["binary"]
+            assert importance.shape == (128, 128) and importance.dtype == np.float32
+            assert maps["mask"].shape == (3, 128, 128) and maps["mask"].dtype == np.float16
+            np.testing.assert_allclose(importance, 1 - maps["mean_mask"], atol=1e-6)
+            np.testing.assert_array_equal(binary, importance >= 0.04 * importance.max())
+        record = json.loads((folder / "record.json").read_text())
+        assert record["image_id"] == folder.name and record["method"] == "fgvis"
+        assert 0 <= record["prob_after"] <= 1 and 0 <= record["iterations"] <= FGVIS_STEPS
+        assert record["lam"] == 1e-10 and record["threshold"] == 0.04
+        if record["iterations"] < FGVIS_STEPS:  # stopped early: the seed's stop rule was met
+            assert record["prob_after"] < 0.10 or record["iterations"] == 0
+        assert cv2.imread(str(folder / "overlay.png")).shape == (128, 128, 3)
+        assert (folder / "overlay_thumb.png").is_file()
+
+
+def test_baseline_records_have_no_fgvis_fields(runs):
+    record = json.loads(next((runs["gradcam"] / "images").glob("*/record.json")).read_text())
+    assert record["method"] == "gradcam" and record["prob_after"] is None and record["iterations"] is None
+    with np.load(next((runs["gradcam"] / "images").glob("*/maps.npz"))) as maps:
+        assert set(maps.files) == {"importance", "binary"}
+        assert 0 <= maps["importance"].min() and maps["importance"].max() <= 1
+
+
+def test_resume_after_a_kill_recomputes_only_unfinished_images(runs, synthetic_data, trained_checkpoint, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(runs["fgvis"], out)
+    for name in ("per_image.csv", "summary.json"):
+        (out / name).unlink()
+    folders = sorted((out / "images").iterdir())
+    killed = folders[:2]
+    # Simulated kill: one image lost its record (written last), one was cut off mid-write.
+    (killed[0] / "record.json").unlink()
+    (killed[1] / "record.json").unlink()
+    (killed[1] / "overlay.png").unlink()
+    (killed[1] / ".overlay.png.x1y2.tmp.png").write_bytes(b"half a png")
+    finished = {f.name: (f / "record.json").stat().st_mtime_ns for f in folders[2:]}
+    localize(_config(synthetic_data, trained_checkpoint, out, batch_size=3))
+    assert run_complete(out)
+    assert not list(killed[1].glob(".*.tmp*"))
+    assert {f.name: (f / "record.json").stat().st_mtime_ns for f in folders[2:]} == finished
+    for folder in killed:
+        original = runs["fgvis"] / "images" / folder.name
+        with np.load(original / "maps.npz") as before, np.load(folder / "maps.npz") as after:
+            np.testing.assert_allclose(after["importance"], before["importance"], atol=1e-5)
+            np.testing.assert_array_equal(after["binary"], before["binary"])
+        assert (folder / "overlay.png").read_bytes() == (original / "overlay.png").read_bytes()
+        resumed = json.loads((folder / "record.json").read_text())
+        first = json.loads((original / "record.json").read_text())
+        assert resumed["iterations"] == first["iterations"]
+        assert resumed["prob_after"] == pytest.approx(first["prob_after"], abs=1e-5)
+
+
+def test_two_shards_into_one_folder_score_like_one_run(runs, synthetic_data, trained_checkpoint, tmp_path):
+    out = tmp_path / "sharded"
+    localize(_config(synthetic_data, trained_checkpoint, out, shard="1/2", batch_size=4))
+    assert not run_complete(out)
+    assert len(list((out / "images").glob("*/record.json"))) == 5
+    localize(_config(synthetic_data, trained_checkpoint, out, shard=(0, 2), batch_size=2))
+    assert run_complete(out)
+    sharded, unsharded = score_run(out), dict(runs["summary"])
+    sharded.pop("run"), unsharded.pop("run")
+    assert sharded == unsharded
+
+
+def test_torchrun_environment_picks_the_rank_share(monkeypatch):
+    ids = [f"image{i:03d}" for i in range(1, 8)]
+    assert select_shard(ids) == ids
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "1")
+    assert select_shard(list(reversed(ids))) == ["image002", "image005"]
+    assert select_shard(ids, "0/2") == ["image001", "image003", "image005", "image007"]
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "a/b", "1", (2, 1)):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_checkpoint_that_is_not_a_fundus_classifier(synthetic_data, tmp_path):
+    foreign = tmp_path / "resnet.pt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, foreign)
+    with pytest.raises(CheckpointError, match="resnet.pt"):
+        localize(_config(synthetic_data, foreign, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_data_dir_without_diaretdb1(trained_checkpoint, tmp_path):
+    (tmp_path / "empty").mkdir()
+    config = LocalizeConfig(data_dir=tmp_path / "empty", checkpoint=trained_checkpoint, out=tmp_path / "out",
+                            device="cpu", progress=False)
+    with pytest.raises(DatasetError, match="empty"):
+        localize(config)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("threshold", [0.0, 1.5, -0.04])
+def test_threshold_outside_unit_interval(runs, synthetic_data, trained_checkpoint, threshold):
+    before = _snapshot(runs["gradcam"])
+    with pytest.raises(ValueError, match="threshold"):
+        localize(_config(synthetic_data, trained_checkpoint, runs["gradcam"], method="gradcam", threshold=threshold))
+    assert _snapshot(runs["gradcam"]) == before
+
+
+@pytest.mark.parametrize("change", [{"method": "occlusion"}, {"threshold": 0.1}, {"method": "gradcam", "split": "all"}])
+def test_output_folder_of_another_run_is_refused_and_kept(runs, synthetic_data, trained_checkpoint, change):
+    before = _snapshot(runs["gradcam"])
+    overrides = {"method": "gradcam", **change}
+    with pytest.raises(ValueError, match="another run"):
+        localize(_config(synthetic_data, trained_checkpoint, runs["gradcam"], **overrides))
+    assert _snapshot(runs["gradcam"]) == before
+
+
+def test_output_folder_with_foreign_files_is_refused(synthetic_data, trained_checkpoint, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not empty"):
+        localize(_config(synthetic_data, trained_checkpoint, tmp_path, method="gradcam"))
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_bad_settings_name_the_field(synthetic_data, trained_checkpoint, tmp_path):
+    for field, value in (("method", "lime"), ("split", "val"), ("batch_size", 0), ("lr", 0.0), ("stop_score", 2.0),
+                         ("dataset", "eyepacs")):
+        with pytest.raises(ValueError, match=field):
+            localize(_config(synthetic_data, trained_checkpoint, tmp_path / "out", **{field: value}))
+    assert not (tmp_path / "out").exists()
