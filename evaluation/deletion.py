@@ -40,8 +40,8 @@ from torch import nn
 from retina_fgvis._io import atomic_path, atomic_write_csv, write_run_info
 from retina_fgvis.attribution.gradcam import resolve_targets
 from retina_fgvis.fgvis import FGVis, RelativeScoreBelow, lambda_grid, make_reference, model_guard
-from retina_fgvis.models.imagenet import ImageNetModel, image_names, load_imagenet_model
-from retina_fgvis.runtime import progress_bar, resolve_device, seed_everything
+from retina_fgvis.models.imagenet import as_imagenet_model, image_names
+from retina_fgvis.runtime import progress_bar
 
 __all__ = ["DeletionCurve", "InsertionCurve", "PerturbationCurve", "DELETION_METHODS", "deletion_study",
            "fgvis_deletion", "plot_curves", "seed_fractions", "summarize_deletion"]
@@ -285,12 +285,8 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
         raise ValueError(f"methods: {unknown or 'none given'}; choose from {DELETION_METHODS}")
     if substrate not in ("zero", "black"):
         raise ValueError(f"substrate: expected 'zero' or 'black', got {substrate!r}")
-    if isinstance(model, str):
-        model = load_imagenet_model(model, weights=weights, device=resolve_device(device), image_size=image_size)
-    elif not isinstance(model, ImageNetModel):
-        raise TypeError(f"model: expected a model name or an ImageNetModel, got {type(model).__name__}")
+    model = as_imagenet_model(model, weights=weights, device=device, image_size=image_size)
     names, inputs = _load_images(images, model)
-    seed_everything(seed)
     window = occlusion_window or max(model.image_size // 8, 2)
     curve_args = dict(substrate=substrate, normalization=model.normalization, fractions=fractions,
                       batch_size=batch_size, seed=seed)

@@ -25,8 +25,8 @@ import torch
 
 from retina_fgvis._io import atomic_write_csv, write_run_info
 from retina_fgvis.fgvis import ClassShift, FGVis, make_reference
-from retina_fgvis.models.imagenet import ImageNetModel, ImageNetModelError, image_names, load_imagenet_model
-from retina_fgvis.runtime import progress_bar, resolve_device, seed_everything
+from retina_fgvis.models.imagenet import as_imagenet_model
+from retina_fgvis.runtime import progress_bar
 
 __all__ = ["COLOUR_SWAPS", "IMAGE_EXTENSIONS", "adversarial_evidence", "adversarial_table", "colour_swap",
            "colour_swap_table", "entropy_table", "read_labelled_images", "reference_entropy"]
@@ -35,14 +35,6 @@ __all__ = ["COLOUR_SWAPS", "IMAGE_EXTENSIONS", "adversarial_evidence", "adversar
 #: to RBG or GRB: the slot that held B now holds R, G holds B, R holds G (RBG), and analogously for GRB.
 COLOUR_SWAPS = {"RBG": (1, 2, 0), "GRB": (2, 0, 1)}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def _model(model, weights, image_size, device) -> ImageNetModel:
-    if isinstance(model, ImageNetModel):
-        return model
-    if not isinstance(model, str):
-        raise TypeError(f"model: expected a model name or an ImageNetModel, got {type(model).__name__}")
-    return load_imagenet_model(model, weights=weights, device=resolve_device(device), image_size=image_size)
 
 
 def _write(frame: pd.DataFrame, out_dir, name: str, config: dict) -> None:
@@ -74,7 +66,7 @@ def adversarial_evidence(model="efficientnet_lite0", *, classes: int | Sequence[
         One row per class and defense setting: model, class_id, class_name, defense, reached, score
         (final softmax of the class), iterations. Written to ``adversarial_evidence.csv``.
     """
-    net = _model(model, weights, image_size, device)
+    net = as_imagenet_model(model, weights=weights, image_size=image_size, device=device)
     size, device = net.image_size, net.device
     black = net.from_pixels(torch.zeros(1, 3, size, size, device=device))
     start = make_reference(reference, black, normalization=net.normalization)
@@ -137,12 +129,11 @@ def reference_entropy(images: Sequence, model="efficientnet_lite0", *, n_instanc
         Rows reference, sigma, n, mean, std, and a last row "maximum" with ``ln C``. Written to
         ``reference_entropy.csv``.
     """
-    net = _model(model, weights, image_size, device)
+    net = as_imagenet_model(model, weights=weights, image_size=image_size, device=device)
     if isinstance(images, (str, os.PathLike)) or not len(images):
         raise ValueError("images: expected a non-empty sequence of image paths or arrays")
     if isinstance(n_instances, bool) or not isinstance(n_instances, int) or n_instances < 1:
         raise ValueError(f"n_instances: expected a positive integer, got {n_instances!r}")
-    seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
     picked = torch.randperm(len(images), generator=generator)[:n_instances].sort().values.tolist()
     x = net.preprocess_batch([images[i] for i in picked])
@@ -262,7 +253,7 @@ def colour_swap(data: str | os.PathLike, model="efficientnet_lite0", *, synsets:
         One row per class present in ``data``: class_id, class_name, n_total, n_images, mean, RBG, GRB,
         sorted by ``mean`` (most affected first, ties by class id). Written to ``colour_swap.csv``.
     """
-    net = _model(model, weights, image_size, device)
+    net = as_imagenet_model(model, weights=weights, image_size=image_size, device=device)
     table = read_labelled_images(data, net.class_names, synsets)
     mean = torch.tensor(net.mean, device=net.device).view(1, 3, 1, 1)
     std = torch.tensor(net.std, device=net.device).view(1, 3, 1, 1)

@@ -9,10 +9,10 @@ the λ line search over 13 log-spaced values 10⁻⁴…10⁻¹⁰, largest firs
 - any other requested class (class-discriminative explanations, §A3.2: "λ is optimised to
   significantly drop the softmax score") is accepted with the first λ that drops its softmax score
   below ``secondary_drop`` (default 0.1) times its score on the clean image (deletion, repression),
-  or that makes it the top class (preservation, generation). Optimisation stops as soon as the rule
-  holds.
+  or that makes it the top class (preservation, generation).
 
-With a fixed ``lam`` every explanation runs ``max_iter`` steps.
+The same rules stop the optimisation early (deletion and generation: as soon as the rule holds) and
+give each result's ``success`` flag, also with a fixed ``lam``.
 
 Output folder (``out_dir``)::
 
@@ -38,8 +38,7 @@ import torch
 
 from retina_fgvis._io import atomic_path, atomic_save_npz, atomic_write_csv, atomic_write_json, write_run_info
 from retina_fgvis.fgvis import GAMES, ClassShift, FGVis, RelativeScoreBelow, lambda_grid
-from retina_fgvis.models.imagenet import ImageNetModel, image_names, load_imagenet_model
-from retina_fgvis.runtime import resolve_device
+from retina_fgvis.models.imagenet import ImageNetModel, as_imagenet_model, image_names
 
 __all__ = ["Explanation", "ImageExplanations", "explain", "plot_explanations", "results_table"]
 
@@ -114,8 +113,7 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
         raise ValueError(f"secondary_drop: expected a fraction in (0, 1), got {secondary_drop}")
     if isinstance(images, (str, os.PathLike)) or not len(images):
         raise ValueError("images: expected a non-empty sequence of image paths or arrays")
-    model = model_name if isinstance(model_name, ImageNetModel) else load_imagenet_model(
-        model_name, weights=weights, device=resolve_device(device), image_size=image_size)
+    model = as_imagenet_model(model_name, weights=weights, device=device, image_size=image_size)
     wanted = None if targets is None else [model.class_index(target) for target in targets]
     if wanted is not None and (not wanted or len(set(wanted)) != len(wanted)):
         raise ValueError(f"targets: expected distinct classes, got {list(targets)}")
@@ -136,12 +134,9 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
         rows = (primary == is_primary).nonzero()[:, 0]
         if not len(rows):
             continue
-        if isinstance(lam, str):
-            rule = ClassShift() if is_primary or game not in _DROP_GAMES else RelativeScoreBelow(secondary_drop)
-            res = fgvis.attribute(inputs[row_image[rows]], target=row_target[rows].to(inputs.device), lam="search",
-                                  lam_grid=grid, stop=rule)
-        else:
-            res = fgvis.attribute(inputs[row_image[rows]], target=row_target[rows].to(inputs.device), lam=float(lam))
+        rule = ClassShift() if is_primary or game not in _DROP_GAMES else RelativeScoreBelow(secondary_drop)
+        res = fgvis.attribute(inputs[row_image[rows]], target=row_target[rows].to(inputs.device),
+                              lam="search" if isinstance(lam, str) else float(lam), lam_grid=grid, stop=rule)
         for k, row in enumerate(rows.tolist()):
             results[row] = (res, k)
     pixels = (model.to_pixels(inputs) * 255).round().astype(np.uint8)

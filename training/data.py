@@ -88,6 +88,9 @@ def _eyepacs_root(config: TrainConfig) -> Path:
     # An existing set (its synthetic.json marks it complete) is reused as it is, so a resumed or
     # repeated run trains on the same images and a user's folder is never regenerated.
     if not (root / SYNTHETIC_MARKER).is_file():
+        if root.is_dir() and any(root.iterdir()):
+            raise ValueError(f"data_dir: {root} is neither a synthetic set (no {SYNTHETIC_MARKER}) nor empty; "
+                             f"choose a new folder to generate the set into")
         generate_synthetic(root, n_train=config.n_train, n_test=config.n_test, size=config.image_size,
                            seed=config.seed, progress=config.progress)
     return root / "eyepacs"

@@ -5,6 +5,7 @@ from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
+import pandas as pd
 import typer
 
 from retina_fgvis.cli._app import app
@@ -67,7 +68,10 @@ def explain_command(
                           batch_size=batch_size, seed=seed, out_dir=out)
     except ValueError as error:
         fail(error)
-    table = results_table(results)[["image", "clean_top_name", "target_name", "initial_score", "score", "lam",
-                                    "iterations", "success", "top_name"]]
+    rows = results_table(results)
+    table = pd.DataFrame({"image": rows["image"], "target": rows["target_name"],
+                          "p clean": rows["initial_score"].map("{:.3f}".format),
+                          "p expl.": rows["score"].map("{:.3f}".format), "λ": rows["lam"].map("{:.1e}".format),
+                          "iter.": rows["iterations"], "rule met": rows["success"], "top-1 after": rows["top_name"]})
     print_frame(table, f"FGVis {game.value} explanations ({model})")
     console.print(f"figures and arrays: {out}/<image>/   table: {out / 'results.csv'}")

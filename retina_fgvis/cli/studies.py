@@ -43,9 +43,10 @@ def print_frame(frame: pd.DataFrame, title: str) -> None:
         frame = frame.reset_index()
     table = Table(title=title)
     for column in frame.columns:
-        table.add_column(str(column), justify="right" if pd.api.types.is_numeric_dtype(frame[column]) else "left")
+        table.add_column(str(column), justify="right" if pd.api.types.is_numeric_dtype(frame[column]) else "left",
+                         overflow="fold")
     for row in frame.itertuples(index=False):
-        table.add_row(*[f"{value:.4f}" if isinstance(value, float) else str(value) for value in row])
+        table.add_row(*[f"{value:.4g}" if isinstance(value, float) else str(value) for value in row])
     console.print(table)
 
 

@@ -39,7 +39,7 @@ from torchvision.transforms.v2 import functional as TF
 from retina_fgvis.runtime import resolve_device
 
 __all__ = ["IMAGENET_MODELS", "IMAGENET_MEAN", "IMAGENET_STD", "ImageNetModel", "ImageNetModelError",
-           "image_names", "imagenet_class_names", "load_image", "load_imagenet_model"]
+           "as_imagenet_model", "image_names", "imagenet_class_names", "load_image", "load_imagenet_model"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -195,6 +195,16 @@ def load_imagenet_model(name: str, weights: str | os.PathLike | None = "default"
                          class_names=imagenet_class_names(), weights=description, cam_layer=spec.cam_layer)
 
 
+def as_imagenet_model(model: str | ImageNetModel, *, weights: str | os.PathLike | None = "default",
+                      device: str | torch.device | None = "auto", image_size: int | None = None) -> ImageNetModel:
+    """``model`` itself if it is an :class:`ImageNetModel`, else :func:`load_imagenet_model` of that name."""
+    if isinstance(model, ImageNetModel):
+        return model
+    if not isinstance(model, str):
+        raise TypeError(f"model: expected a model name or an ImageNetModel, got {type(model).__name__}")
+    return load_imagenet_model(model, weights=weights, device=device, image_size=image_size)
+
+
 def image_names(images: Sequence[Any]) -> list[str]:
     """A unique name per image: the file stem for paths, ``image<i>`` otherwise (repeats get ``-<i>``)."""
     names: list[str] = []
@@ -211,7 +221,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageNetModelError(f"image: {path} does not exist or is not a file")
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as error:
         raise ImageNetModelError(f"image: {path} is not a readable image ({error})") from None
 
@@ -220,7 +230,7 @@ def _as_uint8_rgb(image: Image.Image | np.ndarray | str | os.PathLike) -> np.nda
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return np.array(image.convert("RGB"))
     array = np.asarray(image)
     if array.dtype != np.uint8:
         raise ImageNetModelError(f"image: expected uint8 pixels, got {array.dtype}")

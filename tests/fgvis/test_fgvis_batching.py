@@ -98,3 +98,11 @@ def test_lambda_grid_is_log_spaced():
     assert len(grid) == 13 and grid[0] == pytest.approx(1e-4) and grid[-1] == pytest.approx(1e-10)
     assert grid[1] == pytest.approx(10 ** -4.5)
     assert lambda_grid(1e-7, 1e-10, 4) == pytest.approx([1e-7, 1e-8, 1e-9, 1e-10])
+
+
+def test_progress_bar_and_chunking_do_not_change_results(toy):
+    model, images, _ = toy
+    x = images[:3]
+    plain = FGVis(model, defense=False, max_iter=4).attribute(x)
+    shown = FGVis(model, defense=False, max_iter=4, progress=True, batch_size=1).attribute(x)
+    _assert_same(plain, shown)

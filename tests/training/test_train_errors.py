@@ -96,3 +96,10 @@ def test_bad_settings_name_the_setting(tmp_path, tiny_eyepacs, tiny_config, fiel
 def test_eyepacs_needs_a_data_dir(tmp_path):
     with pytest.raises(ValueError, match="data_dir: --dataset eyepacs needs --data-dir"):
         train(TrainConfig(dataset="eyepacs", out=tmp_path / "out"))
+
+
+def test_synthetic_never_generates_into_a_foreign_folder(tmp_path, tiny_eyepacs, snapshot):
+    before = snapshot(tiny_eyepacs)
+    with pytest.raises(ValueError, match=r"data_dir: .* is neither a synthetic set \(no synthetic.json\) nor empty"):
+        train(TrainConfig(dataset="synthetic", data_dir=tiny_eyepacs, out=tmp_path / "out", device="cpu"))
+    assert snapshot(tiny_eyepacs) == before and not (tmp_path / "out").exists()
