@@ -363,7 +363,7 @@ def plot_curves(curves: pd.DataFrame, path: str | os.PathLike, title: str = "") 
             auc = np.trapezoid(part["mean"], part["fraction"])
             axis.plot(part["fraction"], part["mean"], label=f"{method} (AUC {auc:.3f})")
         axis.set(xlabel=f"fraction of pixels {'removed' if mode == 'deletion' else 'inserted'}",
-                 title=f"{mode} curve", xlim=(0, 1), ylim=(0, None))
+                 title=f"{mode} curve", xlim=(0, 1), ylim=(0, 1.02))
         axis.legend()
     axes[0].set_ylabel("probability of the clean image's top class")
     if title:

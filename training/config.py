@@ -14,7 +14,7 @@ DATASETS = ("eyepacs", "synthetic")
 #: Synthetic: small and fast enough to reach validation AUC >= 0.95 within minutes on 2 CPU cores.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "eyepacs": {"epochs": 60, "image_size": 512, "batch_size": 32, "lr": 1e-3, "width": 32},
-    "synthetic": {"epochs": 10, "image_size": 256, "batch_size": 16, "lr": 2e-3, "width": 8},
+    "synthetic": {"epochs": 8, "image_size": 256, "batch_size": 16, "lr": 2e-3, "width": 8},
 }
 
 #: Settings a resumed run takes from the new configuration; everything else comes from the run folder.
@@ -66,7 +66,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     rdr_threshold: int = 2
     graham: bool = False
-    n_train: int = 400
+    n_train: int = 800
     n_test: int = 20
     steps_per_epoch: int | None = None
     amp: bool = True

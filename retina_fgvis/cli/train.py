@@ -24,7 +24,7 @@ def train_command(
                                           help="eyepacs: a Kaggle EyePACS folder; synthetic: the built-in set."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (synthetic: where the set is "
                                             "generated or reused; default OUT/synthetic)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default: eyepacs 60, synthetic 10)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: eyepacs 60, synthetic 8)."),
     image_size: Optional[int] = typer.Option(None, help="Input size in px (default: eyepacs 512, synthetic 256)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch and process (default: eyepacs 32, "
                                              "synthetic 16)."),
@@ -38,7 +38,7 @@ def train_command(
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to OUT/tensorboard."),
     graham: bool = typer.Option(False, "--graham", help="Graham-normalise the images."),
     n_train: Optional[int] = typer.Option(None, help="Synthetic only: images generated for training + validation "
-                                          "(default 400)."),
+                                          "(default 800)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train the o_O-style fundus CNN (RDR vs non-RDR) with MONAI; works under torchrun for several GPUs."""
