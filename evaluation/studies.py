@@ -293,6 +293,7 @@ def colour_swap_table(frame: pd.DataFrame, rows: int = 19) -> pd.DataFrame:
     shown = frame.dropna(subset=["mean"])
     table = shown if len(shown) <= 2 * rows else pd.concat(
         [shown.head(rows), pd.DataFrame([{c: "…" for c in shown.columns}]), shown.tail(rows)])
+
     def percent(value):
         return value if isinstance(value, str) else f"{100 * value:.2f}%"
 
