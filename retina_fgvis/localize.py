@@ -14,9 +14,11 @@
 
 H×W is the classifier's input resolution. Every file is written atomically and ``record.json`` last,
 so an image is finished exactly when its ``record.json`` exists; a rerun skips finished images and a
-killed run loses nothing. Sharding (``shard="i/n"`` or torchrun's ``RANK``/``WORLD_SIZE``) gives
-process i the images ``i, i+n, i+2n, …`` of the sorted split; shards write into the same folder and
-the scoring, run once every image is finished (:func:`run_complete`), merges them.
+killed run loses nothing. The sorted split is cut into batches of ``batch_size`` images; sharding
+(``shard="i/n"`` or torchrun's ``RANK``/``WORLD_SIZE``) gives process i the batches ``i, i+n, i+2n, …``.
+Shards write into the same folder and the scoring, run once every image is finished
+(:func:`run_complete`), merges them. As an image is always computed in the same batch, its result
+does not depend on how the work was sharded or resumed.
 
 FGVis (default) uses the seed's medical settings (supplementary A4.2): deletion game on the RDR class,
 fixed λ = 1e-10, SGD lr 0.25, stop as soon as the RDR softmax falls below 0.10, at most 500 steps,
@@ -43,14 +45,14 @@ from retina_fgvis._io import atomic_save_npz, atomic_write_json, atomic_write_pn
 from retina_fgvis.binarize import SEED_THRESHOLD, binarize_relative, check_threshold
 from retina_fgvis.runtime import progress_bar, resolve_device
 
-__all__ = ["LocalizeConfig", "localize", "run_complete", "select_shard", "parse_shard", "open_dataset",
+__all__ = ["LocalizeConfig", "localize", "run_complete", "shard_batches", "parse_shard", "open_dataset",
            "METHODS", "DATASETS", "SPLITS"]
 
 METHODS = ("fgvis", "gradcam", "occlusion")
 DATASETS = ("diaretdb1", "synthetic")
 SPLITS = ("test", "train", "all")
 # Settings that do not change the results: a run may be resumed or sharded with other values.
-_RUNTIME_KEYS = ("out", "device", "batch_size", "shard", "progress")
+_RUNTIME_KEYS = ("out", "device", "shard", "progress")
 
 
 @dataclass
@@ -66,10 +68,10 @@ class LocalizeConfig:
         split: ``"test"``, ``"train"`` or ``"all"``.
         method: ``"fgvis"``, ``"gradcam"`` or ``"occlusion"``.
         device: torch device, ``None``/``"auto"`` = CUDA if present (under torchrun: ``cuda:LOCAL_RANK``).
-        batch_size: images per engine call.
+        batch_size: images per engine call; also the unit of sharding and resuming, so it is part of the run.
         lam, lr, max_iter, stop_score: FGVis λ, learning rate, step limit and RDR-softmax stop value.
         threshold: binarization threshold as a fraction of each map's maximum, in (0, 1].
-        shard: ``"i/n"`` (or ``(i, n)``): process only every n-th image starting at i; ``None`` = torchrun's
+        shard: ``"i/n"`` (or ``(i, n)``): process only every n-th batch starting at i; ``None`` = torchrun's
             rank/world size when set, else everything.
         gradcam_layer: Grad-CAM target layer (``None`` = the last conv block).
         occlusion_window, occlusion_stride: occlusion patch and step in px (``None`` = image size/16, half of it).
@@ -142,15 +144,22 @@ def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
     return index, count
 
 
-def select_shard(image_ids: list[str], shard: str | tuple[int, int] | None = None) -> list[str]:
-    """The images one process handles: every n-th of the sorted ids, from ``shard`` or torchrun's env."""
+def shard_batches(image_ids: list[str], batch_size: int, shard: str | tuple[int, int] | None = None) -> list[list[str]]:
+    """The batches one process handles.
+
+    The sorted ids are cut into consecutive batches of ``batch_size``; shard ``i/n`` takes batches
+    ``i, i+n, i+2n, …`` (``shard=None``: torchrun's ``RANK``/``WORLD_SIZE`` when set, else all). Every image
+    is computed in the same batch however the work is split or resumed, so results are identical.
+    """
+    ordered = sorted(image_ids)
+    batches = [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
     if shard is None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            return sorted(image_ids)
+            return batches
         shard = (int(os.environ.get("RANK", "0")), world)
     index, count = parse_shard(shard)
-    return sorted(image_ids)[index::count]
+    return batches[index::count]
 
 
 def open_dataset(dataset: str, data_dir: str | os.PathLike, *, size: int = 256, seed: int = 0):
@@ -334,28 +343,36 @@ def localize(config: LocalizeConfig) -> Path:
     _claim_out(out, run_config)
     write_run_info(out, run_config)
 
-    mine = select_shard(all_ids, config.shard)
-    todo = [image_id for image_id in mine if not (out / "images" / image_id / "record.json").is_file()]
+    batches = shard_batches(all_ids, config.batch_size, config.shard)
     explain = _explainer(config, classifier)
     target = int(classifier.meta["positive_class"])
     graham = bool(classifier.meta.get("graham", False))
 
+    def finished(image_id: str) -> bool:
+        return (out / "images" / image_id / "record.json").is_file()
+
+    total = sum(len(batch) for batch in batches)
     bar = progress_bar()
     done, started = 0, time.perf_counter()
     with bar if config.progress else contextlib.nullcontext():
-        task = bar.add_task(f"{config.method} {config.split}", total=len(mine), completed=len(mine) - len(todo),
-                            status="")
-        for start in range(0, len(todo), config.batch_size):
-            batch_ids = todo[start:start + config.batch_size]
+        task = bar.add_task(f"{config.method} {config.split}", total=total,
+                            completed=sum(finished(i) for batch in batches for i in batch), status="")
+        for batch in batches:
+            pending = [image_id for image_id in batch if not finished(image_id)]
+            if not pending:
+                continue
+            # The whole batch is recomputed (finished images are not rewritten) so that every image's
+            # result is the one of its batch, bit for bit.
             tick = time.perf_counter()
-            samples = [dataset.load(image_id, size=classifier.image_size, graham=graham) for image_id in batch_ids]
+            samples = [dataset.load(image_id, size=classifier.image_size, graham=graham) for image_id in batch]
             explanation = explain(classifier.prepare(np.stack([s.image for s in samples])), target)
-            seconds = (time.perf_counter() - tick) / len(batch_ids)
-            for row, (image_id, sample) in enumerate(zip(batch_ids, samples)):
-                folder = out / "images" / image_id
-                _clear_partial(folder)
-                _write_image(folder, image_id, sample, explanation, row, config, seconds)
-            done += len(batch_ids)
+            seconds = (time.perf_counter() - tick) / len(batch)
+            for row, (image_id, sample) in enumerate(zip(batch, samples)):
+                if image_id in pending:
+                    folder = out / "images" / image_id
+                    _clear_partial(folder)
+                    _write_image(folder, image_id, sample, explanation, row, config, seconds)
+            done += len(pending)
             rate = done / (time.perf_counter() - started)
-            bar.update(task, advance=len(batch_ids), status=f"{rate:.2f} img/s")
+            bar.update(task, advance=len(pending), status=f"{rate:.2f} img/s")
     return out

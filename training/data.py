@@ -177,6 +177,9 @@ def make_loaders(split: pd.DataFrame, config: TrainConfig, mean: Sequence[float]
     if per_rank < 2:
         raise ValueError(f"data_dir: {len(train_items)} training image(s) cannot be shared by {world_size} "
                          f"process(es) with at least 2 each")
+    if len(val_items) < world_size:
+        raise ValueError(f"data_dir: {len(val_items)} validation image(s) cannot give each of {world_size} "
+                         f"processes one")
     batch_size = min(config.batch_size, per_rank)
     train_loader = DataLoader(train_ds, batch_size=batch_size, sampler=train_sampler, drop_last=True,
                               num_workers=config.workers, persistent_workers=False)

@@ -1,5 +1,8 @@
 """The typer application every command module registers on."""
+from typing import NoReturn
+
 import typer
+from rich.console import Console
 
 app = typer.Typer(
     name="retina-fgvis",
@@ -7,3 +10,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def fail(error: Exception) -> NoReturn:
+    """Report bad input as one red line on stderr and exit with code 2."""
+    Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code=2)

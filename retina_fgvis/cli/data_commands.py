@@ -7,15 +7,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from retina_fgvis.cli._app import app
+from retina_fgvis.cli._app import app, fail
 
 prepare_app = typer.Typer(help="Preprocess a dataset once (FOV crop, square, resize, optional Graham).", no_args_is_help=True)
 app.add_typer(prepare_app, name="prepare")
 
-
-def _fail(error: Exception) -> None:
-    Console(stderr=True).print(f"[red]error: {error}[/red]", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
 
 
 @app.command("synth")
@@ -32,7 +28,7 @@ def synth(
     try:
         paths = generate_synthetic(out, n_train=n_train, n_test=n_test, size=size, seed=seed, progress=True)
     except ValueError as error:
-        _fail(error)
+        fail(error)
     console = Console(soft_wrap=True, highlight=False)
     console.print(f"EyePACS layout:        {paths.eyepacs}")
     console.print(f"DiaretDB1 v2.1 layout: {paths.diaretdb1}")
@@ -54,6 +50,6 @@ def prepare_eyepacs_command(
     try:
         summary = prepare_eyepacs(src, dst, size=size, graham=graham, workers=workers, progress=True)
     except ValueError as error:
-        _fail(error)
+        fail(error)
     colour = "red" if summary.failed else "green"
     Console(soft_wrap=True).print(f"[{colour}]{summary}[/{colour}]", highlight=False)

@@ -11,7 +11,7 @@ from rich.console import Console
 from evaluation.compare import compare_runs, comparison_table
 from evaluation.localization import diaretdb1_root, score_run, summary_table
 from evaluation.report import write_report
-from retina_fgvis.cli._app import app
+from retina_fgvis.cli._app import app, fail
 
 evaluate_app = typer.Typer(
     help="Score localization runs against the experts' lesion markings, compare methods, write the HTML report.",
@@ -34,10 +34,6 @@ def _ground_truth(dataset: DatasetKind, data_dir: Optional[Path]) -> Optional[Pa
     return None if data_dir is None else diaretdb1_root(data_dir, dataset.value)
 
 
-def _fail(error: Exception) -> None:
-    Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=2)
-
 
 @evaluate_app.command("score")
 def score(
@@ -51,7 +47,7 @@ def score(
     try:
         summary = score_run(run, _ground_truth(dataset, data_dir), tolerance=tolerance, seed=seed, progress=True)
     except ValueError as error:
-        _fail(error)
+        fail(error)
     _console.print(summary_table(summary))
     if summary["n_unfinished"]:
         _console.print(f"[yellow]note:[/yellow] {summary['n_unfinished']} image(s) of the run are not finished yet "
@@ -73,7 +69,7 @@ def compare(
         comparison = compare_runs(runs, out, _ground_truth(dataset, data_dir), tolerance=tolerance, seed=seed,
                                   progress=True)
     except ValueError as error:
-        _fail(error)
+        fail(error)
     _console.print(comparison_table(comparison))
     _console.print(f"wrote {out / 'comparison.json'}", highlight=False)
 
@@ -89,5 +85,5 @@ def report(
     try:
         path = write_report(run, comparison, embed=not link_images)
     except ValueError as error:
-        _fail(error)
+        fail(error)
     _console.print(f"wrote {path}", highlight=False)

@@ -45,7 +45,7 @@ def localize_command(
     max_iter: int = typer.Option(500, "--max-iter", help="FGVis step limit."),
     stop_score: float = typer.Option(0.10, "--stop-score", help="FGVis stops once the RDR softmax is below this."),
     threshold: float = typer.Option(0.04, "--threshold", help="Binarize at this fraction of each map's maximum, in (0, 1]."),
-    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: this process takes every n-th image from i."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="i/n: this process takes every n-th batch of images, from batch i."),
     seed: int = typer.Option(0, "--seed", help="FGVis mask initialisation seed."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:

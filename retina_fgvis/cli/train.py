@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from retina_fgvis.cli._app import app
+from retina_fgvis.cli._app import app, fail
 
 
 class DatasetChoice(str, Enum):
@@ -52,8 +52,7 @@ def train_command(
     try:
         result = train(config)
     except ValueError as error:
-        Console(stderr=True).print(f"[red]error: {error}[/red]", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=2) from None
+        fail(error)
     if not result.is_main:
         return
     table = Table(title=f"retina-fgvis train: {result.run_dir}")

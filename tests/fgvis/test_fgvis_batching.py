@@ -106,3 +106,13 @@ def test_progress_bar_and_chunking_do_not_change_results(toy):
     plain = FGVis(model, defense=False, max_iter=4).attribute(x)
     shown = FGVis(model, defense=False, max_iter=4, progress=True, batch_size=1).attribute(x)
     _assert_same(plain, shown)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("defense", [False, True])
+def test_compiled_model_gives_the_eager_result(defense):
+    model = small_cnn(4).eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    compiled = FGVis(model, defense=defense, max_iter=3, compile=True).attribute(x)
+    eager = FGVis(model, defense=defense, max_iter=3).attribute(x)
+    assert torch.allclose(compiled.mask, eager.mask, atol=1e-5)
