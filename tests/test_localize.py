@@ -121,12 +121,12 @@ def test_resume_after_a_kill_recomputes_only_unfinished_images(runs, synthetic_d
     for name in ("per_image.csv", "summary.json", "report.html"):
         (out / name).unlink(missing_ok=True)
     folders = sorted((out / "images").iterdir())
-    killed = [folders[1], folders[9]]  # one in the first batch of 8, one in the second (of 2)
-    # Simulated kill: one image lost its record (written last), one was cut off mid-write.
+    # Simulated kill while the second batch (images 9 and 10) was being written: image 9 is finished,
+    # image 10 lost its record (written last), an overlay, and left a temporary file behind.
+    killed = [folders[9]]
     (killed[0] / "record.json").unlink()
-    (killed[1] / "record.json").unlink()
-    (killed[1] / "overlay.png").unlink()
-    (killed[1] / ".overlay.png.x1y2.tmp.png").write_bytes(b"half a png")
+    (killed[0] / "overlay.png").unlink()
+    (killed[0] / ".overlay.png.x1y2.tmp.png").write_bytes(b"half a png")
     kept = [f for f in folders if f not in killed]
     stamps = {f.name: [(f / n).stat().st_mtime_ns for n in ("maps.npz", "record.json")] for f in kept}
     explained = []
@@ -138,9 +138,9 @@ def test_resume_after_a_kill_recomputes_only_unfinished_images(runs, synthetic_d
 
     monkeypatch.setattr(localize_module, "_explainer", counting_explainer)
     localize(_config(synthetic_data, trained_checkpoint, out))
-    assert explained == [8, 2]  # the two batches holding an unfinished image, nothing else
+    assert explained == [2]  # only the batch holding the unfinished image, recomputed as a whole
     assert run_complete(out)
-    assert not list(killed[1].glob(".*.tmp*"))
+    assert not list(killed[0].glob(".*.tmp*"))
     assert {f.name: [(f / n).stat().st_mtime_ns for n in ("maps.npz", "record.json")] for f in kept} == stamps
     for folder in killed:
         original = runs["fgvis"] / "images" / folder.name

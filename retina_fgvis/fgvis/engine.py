@@ -151,12 +151,15 @@ class FGVis:
         blur_sigma: std in pixels of the blur reference.
         batch_size: most rows (image x lambda pairs) optimised at once; ``None`` = all rows
             on CUDA, on the CPU chunks of about 2**20 input values (one 512 px image, six at 224 px).
-        seed: seeds the uniform start of ``m`` and the noise reference; both depend only on
-            the seed and the image shape, so an image gets the same result in any batch.
+        seed: seeds the uniform start of ``m`` (``initial_mask(game, shape, seed)``) and the noise
+            reference (``make_reference("noise", ..., seed=seed + 1)``); both depend only on the
+            seed and the image shape, so an image gets the same result in any batch.
         progress: show a rich progress bar over the rows.
         autocast: bf16 autocast of the model; ``None`` = on for CUDA inputs.  Scores are then
             bf16-model scores too.
-        channels_last: channels-last memory format; ``None`` = on for CUDA inputs.
+        channels_last: channels-last memory format; ``None`` = on for CUDA inputs.  Also faster
+            on the CPU, but off there by default: a model that calls ``.view`` on feature maps
+            fails with it.
         compile: run the model through ``torch.compile``.
         check_every: early stopping checks ``done.all()`` on the host every this many steps
             (finished images are frozen on device in between).

@@ -11,7 +11,6 @@ from retina_fgvis.fgvis import FGVis, ScoreBelow
 
 MODEL = small_cnn(4, seed=0).eval()
 X = torch.randn(2, 3, 8, 8)
-NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 CONSTRUCTOR = [
     ({"model": "resnet"}, TypeError, "model"),
