@@ -89,6 +89,8 @@ def binarize_top_fraction(importance: Array, area_fraction: float, fov: Array | 
 
 def _batch_shape(array: np.ndarray | torch.Tensor) -> int:
     """Number of images: 1 for an ``H×W`` map, else the first axis."""
+    if array.ndim < 2:
+        raise ValueError(f"importance: expected an H×W map or a batch N×…×H×W, got shape {tuple(array.shape)}")
     return 1 if array.ndim == 2 else array.shape[0]
 
 

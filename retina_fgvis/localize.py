@@ -23,8 +23,9 @@ does not depend on how the work was sharded or resumed.
 FGVis (default) uses the seed's medical settings (supplementary A4.2): deletion game on the RDR class,
 fixed λ = 1e-10, SGD lr 0.25, stop as soon as the RDR softmax falls below 0.10, at most 500 steps,
 reference zero in the normalised input space; importance = 1 − mean mask (how much of each pixel was
-deleted). Grad-CAM and occlusion (:mod:`retina_fgvis.attribution`) explain the same class on the same
-inputs; for them ``prob_after``, ``iterations`` and ``lam`` are ``null``.
+deleted), all zero for an image the model already scores below the stop value (nothing was deleted).
+Grad-CAM and occlusion (:mod:`retina_fgvis.attribution`) explain the same class on the same inputs;
+for them ``prob_after``, ``iterations`` and ``lam`` are ``null``.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,6 +54,9 @@ DATASETS = ("diaretdb1", "synthetic")
 SPLITS = ("test", "train", "all")
 # Settings that do not change the results: a run may be resumed or sharded with other values.
 _RUNTIME_KEYS = ("out", "device", "shard", "progress")
+# Recorded in run.json but not compared: shards on other machines see other paths. The checkpoint is
+# identified by its SHA-256 and the data by its image ids.
+_PATH_KEYS = ("checkpoint", "data_dir")
 
 
 @dataclass
@@ -130,7 +134,6 @@ class _Explanation:
     lam: torch.Tensor | None = None               # N
     mask: torch.Tensor | None = None              # N×3×H×W
     mean_mask: torch.Tensor | None = None         # N×1×H×W
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_shard(shard: str | tuple[int, int]) -> tuple[int, int]:
@@ -197,7 +200,7 @@ def _device(config: LocalizeConfig) -> torch.device:
 
 
 def _run_config(config: LocalizeConfig, checkpoint: Path, image_ids: list[str], classifier) -> dict[str, Any]:
-    """What run.json records; every key outside ``_RUNTIME_KEYS`` must match for a resume or a shard."""
+    """What run.json records; every key but the paths must match for a resume or a shard."""
     record = {key: value for key, value in dataclasses.asdict(config).items() if key not in _RUNTIME_KEYS}
     record.update({
         "checkpoint": str(checkpoint.resolve()),
@@ -227,13 +230,17 @@ def _claim_out(out: Path, run_config: dict[str, Any]) -> None:
             previous = json.loads(info_path.read_text(encoding="utf-8"))["config"]
         except (OSError, ValueError, KeyError, TypeError):
             raise ValueError(f"out: {info_path} is not a localize run record; choose another output folder") from None
-        differing = sorted(key for key in set(previous) | set(run_config) if previous.get(key) != run_config.get(key))
+        differing = sorted(key for key in set(previous) | set(run_config)
+                           if key not in _PATH_KEYS and previous.get(key) != run_config.get(key))
         if differing:
             shown = ", ".join(f"{key} {previous.get(key)!r} vs {run_config.get(key)!r}"
                               for key in differing if key != "image_ids")
             raise ValueError(f"out: {out} holds another run's results ({shown or 'different images'}); "
                              f"choose another output folder or delete it")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} is a file, not a folder")
+    elif out.exists() and any(not _is_temporary(entry) for entry in out.iterdir()):
+        # Temporary files are ignored: another shard may be writing run.json right now.
         raise ValueError(f"out: {out} is not empty and holds no run.json; choose an empty or new folder")
 
 
@@ -247,10 +254,15 @@ def run_complete(out: str | os.PathLike) -> bool:
     return all((out / "images" / image_id / "record.json").is_file() for image_id in image_ids)
 
 
+def _is_temporary(path: Path) -> bool:
+    """A file :mod:`retina_fgvis._io` writes before renaming it into place (``.name.XXXX.tmp.ext``)."""
+    return path.name.startswith(".") and ".tmp" in path.name
+
+
 def _clear_partial(folder: Path) -> None:
     """Remove temporary files a killed process left in an unfinished image folder."""
     if folder.is_dir():
-        for stale in folder.glob(".*.tmp*"):
+        for stale in filter(_is_temporary, folder.iterdir()):
             stale.unlink()
 
 
@@ -265,8 +277,12 @@ def _explainer(config: LocalizeConfig, classifier) -> Callable[[torch.Tensor, in
 
         def explain(x: torch.Tensor, target: int) -> _Explanation:
             result = engine.attribute(x, target=target, lam=float(config.lam), stop=ScoreBelow(float(config.stop_score)))
+            # An image already below the stop score is left as it was (0 iterations): its 1 − m̄ is only
+            # the jitter of the start m ~ U(0.99, 1), not a deletion, so its importance is zero.
+            untouched = (result.iterations == 0)[:, None, None, None]
+            importance = torch.where(untouched, torch.zeros_like(result.importance), result.importance)
             return _Explanation(
-                importance=result.importance.detach().cpu(), prob_before=result.initial_score.detach().cpu(),
+                importance=importance.detach().cpu(), prob_before=result.initial_score.detach().cpu(),
                 prob_after=result.score.detach().cpu(), iterations=result.iterations.detach().cpu(),
                 lam=result.lam.detach().cpu(), mask=result.mask.detach().cpu(),
                 mean_mask=result.mean_mask.detach().cpu())
@@ -341,7 +357,8 @@ def localize(config: LocalizeConfig) -> Path:
     out = Path(config.out)
     run_config = _run_config(config, checkpoint, all_ids, classifier)
     _claim_out(out, run_config)
-    write_run_info(out, run_config)
+    if not (out / "run.json").is_file():
+        write_run_info(out, run_config)
 
     batches = shard_batches(all_ids, config.batch_size, config.shard)
     explain = _explainer(config, classifier)

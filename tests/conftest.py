@@ -8,9 +8,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import pytest
+import torch
 from filelock import FileLock
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # One intra-op thread per xdist worker: more threads than cores make OpenMP spin-wait and slow
+    # every worker down many times over.
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 #: The small set: enough training images for a model that finds the lesions, few test images.
 SYNTHETIC = {"n_train": 200, "n_test": 10, "size": 128, "seed": 0}
@@ -23,6 +30,25 @@ def _shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
     base = tmp_path_factory.getbasetemp()
     root = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
     return root / name
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path]:
+    """``build_once(name, build)``: run ``build(folder)`` once per session (across xdist workers), return the folder.
+
+    For expensive read-only fixtures (e.g. localization runs) that several test modules or workers share.
+    """
+
+    def run(name: str, build: Callable[[Path], None]) -> Path:
+        folder = _shared_folder(tmp_path_factory, name)
+        done = folder.with_name(name + ".done")
+        with FileLock(str(folder) + ".lock"):
+            if not done.is_file():
+                build(folder)
+                done.touch()
+        return folder
+
+    return run
 
 
 @pytest.fixture(scope="session")

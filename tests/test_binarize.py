@@ -49,3 +49,5 @@ def test_top_fraction_keeps_tensor_type_and_breaks_ties_exactly():
     assert binary.dtype == torch.bool and int(binary.sum()) == 10
     with pytest.raises(ValueError, match="area_fraction"):
         binarize_top_fraction(flat, 1.2)
+    with pytest.raises(ValueError, match="importance"):
+        binarize_relative(np.ones(5))
