@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from retina_fgvis._io import atomic_path, atomic_write_csv, write_run_info
+from retina_fgvis._io import atomic_save_figure, atomic_write_csv, write_run_info
 from retina_fgvis.attribution.gradcam import resolve_targets
 from retina_fgvis.fgvis import FGVis, RelativeScoreBelow, lambda_grid, make_reference, model_guard
 from retina_fgvis.models.imagenet import as_imagenet_model, image_names
@@ -369,11 +369,7 @@ def plot_curves(curves: pd.DataFrame, path: str | os.PathLike, title: str = "") 
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=120)
-    plt.close(figure)
-    return path
+    return atomic_save_figure(figure, path, dpi=120)
 
 
 def _curve_table(metrics: dict[tuple[str, str], PerturbationCurve]) -> pd.DataFrame:

@@ -110,3 +110,14 @@ def environment_info() -> dict[str, str]:
 def write_run_info(out_dir: str | os.PathLike, config: dict[str, Any], name: str = "run.json") -> Path:
     """Record the config, seed and versions that produced a run folder."""
     return atomic_write_json(Path(out_dir) / name, {"config": config, "environment": environment_info()})
+
+
+def atomic_save_figure(figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save a matplotlib figure through a temporary file and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    plt.close(figure)
+    return path

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from retina_fgvis._io import atomic_path, atomic_save_npz, atomic_write_csv, atomic_write_json, write_run_info
+from retina_fgvis._io import atomic_save_figure, atomic_save_npz, atomic_write_csv, atomic_write_json, write_run_info
 from retina_fgvis.fgvis import GAMES, ClassShift, FGVis, RelativeScoreBelow, lambda_grid
 from retina_fgvis.models.imagenet import ImageNetModel, as_imagenet_model, image_names
 
@@ -196,11 +196,7 @@ def plot_explanations(item: ImageExplanations, game: str, path: str | os.PathLik
             axis.set_title(title, fontsize=9)
             axis.axis("off")
     figure.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    return path
+    return atomic_save_figure(figure, path, dpi=110)
 
 
 def _explanation(model: ImageNetModel, res, k: int, primary: bool) -> Explanation:

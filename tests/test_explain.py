@@ -11,14 +11,6 @@ from retina_fgvis.explain import explain, results_table
 from retina_fgvis.models.imagenet import ImageNetModelError, load_imagenet_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two threads per process on two shared cores oversubscribe the CPU (about 10x slower here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.mark.parametrize("name", ["googlenet", "vgg16", "alexnet", "resnet50"])
 def test_every_torchvision_architecture_runs_one_explain_step(name):

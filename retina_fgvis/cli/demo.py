@@ -13,8 +13,7 @@ from typing import Any
 
 import typer
 
-from retina_fgvis.cli._app import app
-from retina_fgvis.cli.localize import console, fail
+from retina_fgvis.cli._app import app, console, fail
 from retina_fgvis.localize import LocalizeConfig, localize
 
 #: FGVis λ of the demo. With the seed's λ = 1e-10 this small model's masks cover a sixth of the retina

@@ -6,12 +6,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
 from evaluation.compare import compare_runs, comparison_table
 from evaluation.localization import diaretdb1_root, score_run, summary_table
 from evaluation.report import write_report
-from retina_fgvis.cli._app import app, fail
+from retina_fgvis.cli._app import app, console, fail
 
 evaluate_app = typer.Typer(
     help="Score localization runs against the experts' lesion markings, compare methods, write the HTML report.",
@@ -19,7 +18,6 @@ evaluate_app = typer.Typer(
 )
 app.add_typer(evaluate_app, name="evaluate")
 
-_console = Console()
 _DATA_DIR_HELP = ("DiaretDB1 folder (v1.1 or v2.1 layout; for --dataset synthetic the folder written by "
                   "`retina-fgvis synth`). Default: the data_dir recorded in the run.")
 
@@ -48,11 +46,11 @@ def score(
         summary = score_run(run, _ground_truth(dataset, data_dir), tolerance=tolerance, seed=seed, progress=True)
     except ValueError as error:
         fail(error)
-    _console.print(summary_table(summary))
+    console.print(summary_table(summary))
     if summary["n_unfinished"]:
-        _console.print(f"[yellow]note:[/yellow] {summary['n_unfinished']} image(s) of the run are not finished yet "
+        console.print(f"[yellow]note:[/yellow] {summary['n_unfinished']} image(s) of the run are not finished yet "
                        "and were not scored")
-    _console.print(f"wrote {run / 'per_image.csv'} and {run / 'summary.json'}", highlight=False)
+    console.print(f"wrote {run / 'per_image.csv'} and {run / 'summary.json'}", highlight=False)
 
 
 @evaluate_app.command("compare")
@@ -70,8 +68,8 @@ def compare(
                                   progress=True)
     except ValueError as error:
         fail(error)
-    _console.print(comparison_table(comparison))
-    _console.print(f"wrote {out / 'comparison.json'}", highlight=False)
+    console.print(comparison_table(comparison))
+    console.print(f"wrote {out / 'comparison.json'}", highlight=False)
 
 
 @evaluate_app.command("report")
@@ -86,4 +84,4 @@ def report(
         path = write_report(run, comparison, embed=not link_images)
     except ValueError as error:
         fail(error)
-    _console.print(f"wrote {path}", highlight=False)
+    console.print(f"wrote {path}", highlight=False)

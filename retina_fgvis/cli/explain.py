@@ -8,8 +8,7 @@ from typing import List, Optional
 import pandas as pd
 import typer
 
-from retina_fgvis.cli._app import app, fail
-from retina_fgvis.cli.localize import console
+from retina_fgvis.cli._app import app, console, fail
 from retina_fgvis.cli.studies import image_files, print_frame, weights_option
 
 

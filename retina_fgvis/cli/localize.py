@@ -5,12 +5,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from retina_fgvis.cli._app import app
+from retina_fgvis.cli._app import app, console, fail
 from retina_fgvis.localize import LocalizeConfig, localize, run_complete
-
-console = Console()
 
 
 def score_and_report(out: str | Path, *, progress: bool = True) -> tuple[dict, Path]:
@@ -22,12 +19,6 @@ def score_and_report(out: str | Path, *, progress: bool = True) -> tuple[dict, P
     console.print(summary_table(summary))
     report = write_report(out)
     return summary, report
-
-
-def fail(error: Exception) -> None:
-    """The CLI's answer to bad input: one red line, exit code 2."""
-    Console(stderr=True).print(f"[red]error: {error}[/red]", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 @app.command("localize")

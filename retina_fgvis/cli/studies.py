@@ -13,8 +13,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from retina_fgvis.cli._app import app, fail
-from retina_fgvis.cli.localize import console
+from retina_fgvis.cli._app import app, console, fail
 
 study_app = typer.Typer(help="Reproduce the seed's ImageNet studies (deletion metric, Tables A1–A3).",
                         no_args_is_help=True)

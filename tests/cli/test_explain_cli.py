@@ -4,7 +4,6 @@ import json
 import pandas as pd
 import pytest
 import skimage.data
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -13,14 +12,6 @@ from retina_fgvis.cli import app
 runner = CliRunner()
 LITE = ["--model", "efficientnet_lite0", "--image-size", "64", "--device", "cpu"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two threads per process on two shared cores oversubscribe the CPU (about 10x slower here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

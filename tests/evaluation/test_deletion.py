@@ -14,14 +14,6 @@ from retina_fgvis.attribution import GradCAM
 from retina_fgvis.models.imagenet import load_imagenet_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two threads per process on two shared cores oversubscribe the CPU (about 10x slower here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class LeftEvidence(nn.Module):
     """Class-1 logit = 20 × mean of channel 0 over the left half of the image; class-0 logit = 0."""

@@ -13,14 +13,6 @@ from evaluation.studies import (COLOUR_SWAPS, adversarial_evidence, adversarial_
 from retina_fgvis.models.imagenet import imagenet_class_names, load_imagenet_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two threads per process on two shared cores oversubscribe the CPU (about 10x slower here).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def lite():

@@ -2,11 +2,7 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from fgvis_helpers import toy_images, train_toy
-
-# Tiny models on a CPU shared with other jobs: one thread avoids oversubscription stalls.
-torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
