@@ -16,7 +16,7 @@ rule over the **true** fraction ``n_k / P`` (not the nominal ``f_k``)::
 
 Lower deletion AUC and higher insertion AUC mean a more faithful importance map.
 
-The seed's schedule (:func:`seed_fractions`): 100 steps of 0.25 % then 75 steps of 1 %, 176 points
+The paper's schedule (:func:`seed_fractions`): 100 steps of 0.25 % then 75 steps of 1 %, 176 points
 including the clean image. The substrate defaults to ``"zero"`` in the model's normalised input
 space (the dataset's mean colour, the same reference FGVis uses); ``"black"`` pixels (needs the
 normalisation), ``"blur"`` or a tensor are available and the choice is recorded in every summary.

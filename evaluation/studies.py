@@ -1,4 +1,4 @@
-"""The seed's ImageNet studies (FGVis supplementary §A1, §A3.1, §A3.3) on any ImageNet model.
+"""The paper's ImageNet studies (FGVis supplementary §A1, §A3.1, §A3.3) on any ImageNet model.
 
 - :func:`adversarial_evidence` (Table A1): from a black image, the generation game with λ = 0 for
   every class except the black image's predicted class and the class of the starting condition

@@ -2,7 +2,7 @@
 
 Two rules, both applied per image:
 
-* :func:`binarize_relative`: the seed's rule for the medical experiment, a pixel is detected when its
+* :func:`binarize_relative`: the paper's rule for the medical experiment, a pixel is detected when its
   importance is at least ``fraction`` (default 4 %) of the image's maximum importance;
 * :func:`binarize_top_fraction`: the ``area_fraction`` most important pixels of the field of view,
   so maps of different methods can be compared at the same area.

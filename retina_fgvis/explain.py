@@ -1,6 +1,6 @@
 """Explain ImageNet classifiers with FGVis: arrays, a figure per image, a results table.
 
-:func:`explain` runs FGVis on a batch of images with the seed's default settings (§A2): SGD with
+:func:`explain` runs FGVis on a batch of images with the paper's default settings (§A2): SGD with
 lr 0.1 for at most 500 iterations, most-likely class, zero reference, adversarial defense on, and
 the λ line search over 13 log-spaced values 10⁻⁴…10⁻¹⁰, largest first:
 

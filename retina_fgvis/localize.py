@@ -20,7 +20,7 @@ Shards write into the same folder and the scoring, run once every image is finis
 (:func:`run_complete`), merges them. As an image is always computed in the same batch, its result
 does not depend on how the work was sharded or resumed.
 
-FGVis (default) uses the seed's medical settings (supplementary A4.2): deletion game on the RDR class,
+FGVis (default) uses the paper's medical settings (supplementary A4.2): deletion game on the RDR class,
 fixed λ = 1e-10, SGD lr 0.25, stop as soon as the RDR softmax falls below 0.10, at most 500 steps,
 reference zero in the normalised input space; importance = 1 − mean mask (how much of each pixel was
 deleted), all zero for an image the model already scores below the stop value (nothing was deleted).
@@ -61,7 +61,7 @@ _PATH_KEYS = ("checkpoint", "data_dir")
 
 @dataclass
 class LocalizeConfig:
-    """Everything :func:`localize` needs; the defaults are the seed's medical settings.
+    """Everything :func:`localize` needs; the defaults are the paper's medical settings.
 
     Attributes:
         data_dir: DiaretDB1 folder (v1.1 or v2.1 layout, or its parent); for ``dataset="synthetic"``

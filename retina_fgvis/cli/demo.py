@@ -16,7 +16,7 @@ import typer
 from retina_fgvis.cli._app import app, console, fail
 from retina_fgvis.localize import LocalizeConfig, localize
 
-#: FGVis λ of the demo. With the seed's λ = 1e-10 this small model's masks cover a sixth of the retina
+#: FGVis λ of the demo. With the paper's λ = 1e-10 this small model's masks cover a sixth of the retina
 #: and hit hemorrhages and red small dots no more often than the chance control; 1e-6 keeps them sparse.
 DEMO_LAM = 1e-6
 
@@ -44,7 +44,7 @@ def run_demo(out: str | Path = "demo_out", device: str = "auto", progress: bool 
         device: torch device for training and localization (``"auto"``: CUDA if present).
         n_train, n_test, size: semi-synthetic set (training images, DiaretDB1-layout test images, pixels).
         epochs, width: classifier training epochs and :class:`FundusCNN` width.
-        max_iter, lam: FGVis step limit and λ (other settings are the seed's medical ones).
+        max_iter, lam: FGVis step limit and λ (other settings are the paper's medical ones).
         seed: seeds the set, the training and FGVis.
 
     Every step resumes: a rerun into the same folder continues the training and the runs where they stopped.

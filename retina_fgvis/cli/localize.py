@@ -40,7 +40,7 @@ def localize_command(
     seed: int = typer.Option(0, "--seed", help="FGVis mask initialisation seed."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Localize lesions with FGVis (seed's medical settings) or a baseline; score and report when complete."""
+    """Localize lesions with FGVis (the paper's medical settings) or a baseline; score and report when complete."""
     config = LocalizeConfig(data_dir=data_dir, checkpoint=checkpoint, out=out, dataset=dataset, split=split,
                             method=method, device=device, batch_size=batch_size, lam=lam, lr=lr, max_iter=max_iter,
                             stop_score=stop_score, threshold=threshold, shard=shard, seed=seed, progress=progress)

@@ -1,6 +1,6 @@
 """``retina-fgvis study deletion|adversarial|entropy|colour-swap``: thin wrappers over ``evaluation``.
 
-Each command prints a table shaped like the seed's (Tables A1–A3, the §A4.1 deletion AUCs) and
+Each command prints a table shaped like the paper's (Tables A1–A3, the §A4.1 deletion AUCs) and
 writes its CSV (plus ``run.json``-style settings) into ``--out``.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.table import Table
 
 from retina_fgvis.cli._app import app, console, fail
 
-study_app = typer.Typer(help="Reproduce the seed's ImageNet studies (deletion metric, Tables A1–A3).",
+study_app = typer.Typer(help="Reproduce the paper's ImageNet studies (deletion metric, Tables A1–A3).",
                         no_args_is_help=True)
 app.add_typer(study_app, name="study")
 
