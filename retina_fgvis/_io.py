@@ -41,6 +41,20 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def is_temporary(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a temporary file of :func:`atomic_path` (``.NAME.XXXX.tmp.EXT``)."""
+    name = Path(path).name
+    return name.startswith(".") and ".tmp" in name
+
+
+def remove_temporaries(folder: str | os.PathLike) -> None:
+    """Delete the temporary files a killed process left in ``folder`` (not recursive)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in filter(is_temporary, folder.iterdir()):
+            stale.unlink(missing_ok=True)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -42,7 +42,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from retina_fgvis._io import atomic_save_npz, atomic_write_json, atomic_write_png, write_run_info
+from retina_fgvis._io import (atomic_save_npz, atomic_write_json, atomic_write_png, is_temporary, remove_temporaries,
+                              write_run_info)
 from retina_fgvis.binarize import SEED_THRESHOLD, binarize_relative, check_threshold
 from retina_fgvis.runtime import progress_bar, resolve_device
 
@@ -239,7 +240,7 @@ def _claim_out(out: Path, run_config: dict[str, Any]) -> None:
                              f"choose another output folder or delete it")
     elif out.exists() and not out.is_dir():
         raise ValueError(f"out: {out} is a file, not a folder")
-    elif out.exists() and any(not _is_temporary(entry) for entry in out.iterdir()):
+    elif out.exists() and any(not is_temporary(entry) for entry in out.iterdir()):
         # Temporary files are ignored: another shard may be writing run.json right now.
         raise ValueError(f"out: {out} is not empty and holds no run.json; choose an empty or new folder")
 
@@ -252,18 +253,6 @@ def run_complete(out: str | os.PathLike) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
     return all((out / "images" / image_id / "record.json").is_file() for image_id in image_ids)
-
-
-def _is_temporary(path: Path) -> bool:
-    """A file :mod:`retina_fgvis._io` writes before renaming it into place (``.name.XXXX.tmp.ext``)."""
-    return path.name.startswith(".") and ".tmp" in path.name
-
-
-def _clear_partial(folder: Path) -> None:
-    """Remove temporary files a killed process left in an unfinished image folder."""
-    if folder.is_dir():
-        for stale in filter(_is_temporary, folder.iterdir()):
-            stale.unlink()
 
 
 def _explainer(config: LocalizeConfig, classifier) -> Callable[[torch.Tensor, int], _Explanation]:
@@ -387,7 +376,7 @@ def localize(config: LocalizeConfig) -> Path:
             for row, (image_id, sample) in enumerate(zip(batch, samples)):
                 if image_id in pending:
                     folder = out / "images" / image_id
-                    _clear_partial(folder)
+                    remove_temporaries(folder)
                     _write_image(folder, image_id, sample, explanation, row, config, seconds)
             done += len(pending)
             rate = done / (time.perf_counter() - started)

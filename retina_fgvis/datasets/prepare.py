@@ -26,7 +26,7 @@ from typing import Iterator
 import cv2
 import pandas as pd
 
-from retina_fgvis._io import atomic_write_csv, atomic_write_png, write_run_info
+from retina_fgvis._io import atomic_write_csv, atomic_write_png, remove_temporaries, write_run_info
 from retina_fgvis.datasets.errors import DatasetError
 from retina_fgvis.datasets.eyepacs import LABELS_CSV, SOLUTION_CSV, find_images
 from retina_fgvis.datasets.fundus import load_fundus
@@ -93,7 +93,7 @@ def prepare_eyepacs(
         else:
             tasks.append((image_id, str(path), str(out), size, bool(graham)))
     for folder in {Path(task[2]).parent for task in tasks}:
-        _remove_stale_temporaries(folder)
+        remove_temporaries(folder)
 
     from retina_fgvis.runtime import progress_bar  # imported here: it pulls in torch, which workers do not need
 
@@ -162,10 +162,3 @@ def _check_settings(dst: Path, settings: dict) -> None:
     if changed:
         listing = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
         raise DatasetError(path, f"destination was prepared with other settings ({listing}); choose another destination")
-
-
-def _remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporary files (``.NAME.*.tmp.png`` from atomic writes) left by a killed run."""
-    if folder.is_dir():
-        for stale in folder.glob(".*.tmp.png"):
-            stale.unlink(missing_ok=True)
