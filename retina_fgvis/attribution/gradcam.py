@@ -18,7 +18,9 @@ import torch
 from monai.visualize import GradCAM as _MonaiGradCAM
 from torch import nn
 
-__all__ = ["GradCAM", "default_target_layer", "check_inputs", "resolve_targets", "scale_per_image"]
+from retina_fgvis.fgvis.engine import check_inputs
+
+__all__ = ["GradCAM", "default_target_layer", "resolve_targets", "scale_per_image"]
 
 
 class GradCAM:
@@ -87,18 +89,6 @@ def default_target_layer(model: nn.Module) -> str:
             isinstance(module, nn.Linear) for module in modules[parent].modules()):
         return parent
     return name
-
-
-def check_inputs(inputs: torch.Tensor) -> None:
-    """``inputs`` must be a finite floating N×C×H×W tensor."""
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs: expected a torch.Tensor, got {type(inputs).__name__}")
-    if inputs.ndim != 4 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs: expected a non-empty N×C×H×W tensor, got shape {tuple(inputs.shape)}")
-    if not inputs.is_floating_point():
-        raise TypeError(f"inputs: expected a floating-point tensor, got {inputs.dtype}")
-    if not torch.isfinite(inputs).all():
-        raise ValueError("inputs: contains NaN or infinite values")
 
 
 def resolve_targets(model: nn.Module, inputs: torch.Tensor,

@@ -19,8 +19,9 @@ import torch
 from monai.visualize import OcclusionSensitivity
 from torch import nn
 
-from retina_fgvis.attribution.gradcam import check_inputs, resolve_targets, scale_per_image
+from retina_fgvis.attribution.gradcam import resolve_targets, scale_per_image
 from retina_fgvis.fgvis import model_guard
+from retina_fgvis.fgvis.engine import check_inputs
 
 __all__ = ["Occlusion"]
 

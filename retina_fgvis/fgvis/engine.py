@@ -124,6 +124,20 @@ def model_guard(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Mo
             module.training = training
 
 
+def check_inputs(inputs) -> None:
+    """``inputs`` must be a non-empty, finite, floating-point N x C x H x W tensor."""
+    if not isinstance(inputs, torch.Tensor):
+        raise TypeError(f"inputs: expected a torch.Tensor N x C x H x W, got {type(inputs).__name__}")
+    if inputs.dim() != 4:
+        raise ValueError(f"inputs: expected rank 4 (N x C x H x W), got shape {tuple(inputs.shape)}")
+    if not inputs.is_floating_point():
+        raise TypeError(f"inputs: expected a floating-point tensor, got {inputs.dtype}")
+    if inputs.shape[0] == 0:
+        raise ValueError("inputs: the batch is empty")
+    if not torch.isfinite(inputs).all():
+        raise ValueError("inputs: contain NaN or infinite values")
+
+
 def _positive(name: str, value, *, integer: bool = False, allow_none: bool = False):
     if value is None and allow_none:
         return None
@@ -276,19 +290,10 @@ class FGVis:
 
     # ------------------------------------------------------------------ validation
     def _check_inputs(self, inputs) -> torch.Tensor:
-        if not isinstance(inputs, torch.Tensor):
-            raise TypeError(f"inputs: expected a torch.Tensor N x C x H x W, got {type(inputs).__name__}")
-        if inputs.dim() != 4:
-            raise ValueError(f"inputs: expected rank 4 (N x C x H x W), got shape {tuple(inputs.shape)}")
-        if not inputs.is_floating_point():
-            raise TypeError(f"inputs: expected a floating-point tensor, got {inputs.dtype}")
-        if inputs.shape[0] == 0:
-            raise ValueError("inputs: the batch is empty")
+        check_inputs(inputs)
         channels = self._expected_channels()
         if channels is not None and inputs.shape[1] != channels:
             raise ValueError(f"inputs: have {inputs.shape[1]} channels, the model expects {channels}")
-        if not torch.isfinite(inputs).all():
-            raise ValueError("inputs: contain NaN or infinite values")
         param = next(self.model.parameters(), None)
         if param is not None and param.device != inputs.device:
             raise ValueError(f"inputs: are on {inputs.device}, the model on {param.device}")
