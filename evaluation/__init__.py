@@ -2,12 +2,12 @@
 
 Localization against lesion markings (fundus):
 
-* :mod:`evaluation.localization`: ``score_run`` and the stateful metrics (``LesionSensitivity``,
+* :mod:`retina_fgvis.evaluation.localization`: ``score_run`` and the stateful metrics (``LesionSensitivity``,
   ``ImageDetection``, ``PixelOverlap``, ``FalsePositiveComponents``);
-* :mod:`evaluation.compare`: ``compare_runs`` (own threshold, matched area, chance control);
-* :mod:`evaluation.report`: ``write_report`` (the static HTML report for clinicians).
+* :mod:`retina_fgvis.evaluation.compare`: ``compare_runs`` (own threshold, matched area, chance control);
+* :mod:`retina_fgvis.evaluation.report`: ``write_report`` (the static HTML report for clinicians).
 
 The other submodules (deletion metric, studies) describe themselves in their docstrings.
-Submodules are imported explicitly (``from evaluation.localization import score_run``) so that
+Submodules are imported explicitly (``from retina_fgvis.evaluation.localization import score_run``) so that
 using one part does not load the others.
 """

@@ -7,7 +7,7 @@ Each run is scored three ways, per lesion type, on the images all runs share:
   view as the *first* run's seed-threshold mask on that image (``binarize_top_fraction``), so a blurry
   map cannot win by marking half the retina;
 * **chance**: the seed-threshold mask (and the matched-area mask) rotated by the seeded random angle
-  of :func:`evaluation.localization.chance_mask`.
+  of :func:`retina_fgvis.evaluation.localization.chance_mask`.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import pandas as pd
 from rich.table import Table
 
-from evaluation.localization import (
+from retina_fgvis.evaluation.localization import (
     LocalizationScorer,
     check_seed,
     check_tolerance,
@@ -55,9 +55,9 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     Args:
         runs: run folders (the first is the area reference, normally FGVis).
         out_dir: where ``comparison.json`` and ``comparison.csv`` are written (atomically).
-        dataset: ground truth, see :func:`evaluation.localization.open_ground_truth`
+        dataset: ground truth, see :func:`retina_fgvis.evaluation.localization.open_ground_truth`
             (``None`` = the first run's recorded data_dir).
-        tolerance / seed: as in :func:`evaluation.localization.score_run`.
+        tolerance / seed: as in :func:`retina_fgvis.evaluation.localization.score_run`.
 
     Returns:
         The comparison dict: ``runs`` (per run: method, label, area fractions and the full metric

@@ -1,7 +1,7 @@
 """A static HTML report of a scored localization run, written for clinicians.
 
 ``write_report`` turns ``RUN/summary.json`` and ``RUN/per_image.csv`` (from
-:func:`evaluation.localization.score_run`) and the run's overlays into ``RUN/report.html``: one file
+:func:`retina_fgvis.evaluation.localization.score_run`) and the run's overlays into ``RUN/report.html``: one file
 with the images embedded as data URIs (or linked by relative path), inline CSS and a few lines of
 inline JavaScript for sortable columns and click-to-enlarge. No server, no network.
 """
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from evaluation.localization import RunFolderError, percent
+from retina_fgvis.evaluation.localization import RunFolderError, percent
 from retina_fgvis._io import atomic_write_text
 from retina_fgvis.viz import DETECTION_COLOUR, LESION_COLOURS, LESION_NAMES, heatmap, thumbnail
 
@@ -284,8 +284,8 @@ def write_report(run_dir: str | os.PathLike, comparison: Mapping[str, Any] | str
     """Write ``run_dir/report.html`` (atomically) and return its path.
 
     Args:
-        run_dir: a run folder already scored by :func:`evaluation.localization.score_run`.
-        comparison: the dict returned by :func:`evaluation.compare.compare_runs`, or the path of a
+        run_dir: a run folder already scored by :func:`retina_fgvis.evaluation.localization.score_run`.
+        comparison: the dict returned by :func:`retina_fgvis.evaluation.compare.compare_runs`, or the path of a
             ``comparison.json`` (or of its folder); adds the side-by-side table and the other runs' overlays.
         embed: embed the images as base64 data URIs (one self-contained file, the default); ``False``
             links the run's PNGs by relative path instead (smaller file, the folder must travel with it).

@@ -64,7 +64,7 @@ def synthetic_data(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_checkpoint(synthetic_data, tmp_path_factory) -> Path:
     """Path of the best checkpoint of a small FundusCNN trained on :func:`synthetic_data` (CPU, seeded)."""
-    from training import TrainConfig, train
+    from retina_fgvis.training import TrainConfig, train
 
     out = _shared_folder(tmp_path_factory, "trained")
     marker = out / "checkpoint.json"

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from evaluation.compare import compare_runs
-from evaluation.localization import score_run
+from retina_fgvis.evaluation.compare import compare_runs
+from retina_fgvis.evaluation.localization import score_run
 from retina_fgvis.datasets import LESION_TYPES
 from retina_fgvis.datasets.errors import DatasetError
 import retina_fgvis.localize as localize_module

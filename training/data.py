@@ -22,7 +22,7 @@ from torch.utils.data import DistributedSampler
 from retina_fgvis.datasets.eyepacs import load_eyepacs_table, patient_split
 from retina_fgvis.datasets.fundus import load_fundus
 from retina_fgvis.datasets.synthetic import generate_synthetic
-from training.config import TrainConfig
+from retina_fgvis.training.config import TrainConfig
 
 __all__ = ["LoadFundusd", "SPLIT_COLUMNS", "compute_normalization", "load_split", "make_loaders",
            "make_transforms", "prepare_split", "synthetic_root"]

@@ -35,10 +35,10 @@ from retina_fgvis._io import atomic_write_csv, write_run_info
 from retina_fgvis.models.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
 from retina_fgvis.models.fundus_cnn import FundusCNN
 from retina_fgvis.runtime import progress_bar, seed_everything
-from training.config import RESUMABLE_OVERRIDES, TrainConfig
-from training.data import compute_normalization, load_split, make_loaders, prepare_split
-from training.distributed import DistContext, distributed_context
-from training.handlers import (METRIC_COLUMNS, EpochRecorder, EpochSeeder, OperatingPointHandler,
+from retina_fgvis.training.config import RESUMABLE_OVERRIDES, TrainConfig
+from retina_fgvis.training.data import compute_normalization, load_split, make_loaders, prepare_split
+from retina_fgvis.training.distributed import DistContext, distributed_context
+from retina_fgvis.training.handlers import (METRIC_COLUMNS, EpochRecorder, EpochSeeder, OperatingPointHandler,
                                RichProgressHandler)
 
 __all__ = ["RUN_FILES", "TrainResult", "train"]

@@ -49,10 +49,10 @@ def run_demo(out: str | Path = "demo_out", device: str = "auto", progress: bool 
 
     Every step resumes: a rerun into the same folder continues the training and the runs where they stopped.
     """
-    from evaluation.compare import compare_runs, comparison_table
-    from evaluation.localization import score_run, summary_table
-    from evaluation.report import write_report
-    from training import TrainConfig, train
+    from retina_fgvis.evaluation.compare import compare_runs, comparison_table
+    from retina_fgvis.evaluation.localization import score_run, summary_table
+    from retina_fgvis.evaluation.report import write_report
+    from retina_fgvis.training import TrainConfig, train
 
     started = time.perf_counter()
     out = Path(out)

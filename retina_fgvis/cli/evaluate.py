@@ -7,9 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from evaluation.compare import compare_runs, comparison_table
-from evaluation.localization import diaretdb1_root, score_run, summary_table
-from evaluation.report import write_report
+from retina_fgvis.evaluation.compare import compare_runs, comparison_table
+from retina_fgvis.evaluation.localization import diaretdb1_root, score_run, summary_table
+from retina_fgvis.evaluation.report import write_report
 from retina_fgvis.cli._app import app, console, fail
 
 evaluate_app = typer.Typer(

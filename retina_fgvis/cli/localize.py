@@ -12,8 +12,8 @@ from retina_fgvis.localize import LocalizeConfig, localize, run_complete
 
 def score_and_report(out: str | Path, *, progress: bool = True) -> tuple[dict, Path]:
     """Merge step: score a finished run folder (``summary.json``), print its table, write ``report.html``."""
-    from evaluation.localization import score_run, summary_table
-    from evaluation.report import write_report
+    from retina_fgvis.evaluation.localization import score_run, summary_table
+    from retina_fgvis.evaluation.report import write_report
 
     summary = score_run(out, progress=progress)
     console.print(summary_table(summary))

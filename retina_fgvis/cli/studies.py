@@ -51,7 +51,7 @@ def print_frame(frame: pd.DataFrame, title: str) -> None:
 
 def image_files(paths: List[Path]) -> list[Path]:
     """Expand folders into their image files (sorted, recursive); files are kept as given."""
-    from evaluation.studies import IMAGE_EXTENSIONS
+    from retina_fgvis.evaluation.studies import IMAGE_EXTENSIONS
 
     files: list[Path] = []
     for path in paths:
@@ -82,7 +82,7 @@ def deletion_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the tie-breaking and random rankings."),
 ) -> None:
     """Deletion/insertion curves and AUCs (§A4.1) of FGVis, Grad-CAM, occlusion and a random ranking."""
-    from evaluation.deletion import deletion_study, summarize_deletion
+    from retina_fgvis.evaluation.deletion import deletion_study, summarize_deletion
 
     try:
         frame = deletion_study(image_files(images), model, weights=weights_option(weights), image_size=image_size,
@@ -111,7 +111,7 @@ def adversarial_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the class sample and mask start."),
 ) -> None:
     """Table A1: share of classes generated from a black image (λ = 0), with and without the defense."""
-    from evaluation.studies import adversarial_evidence, adversarial_table
+    from retina_fgvis.evaluation.studies import adversarial_evidence, adversarial_table
 
     try:
         frame = adversarial_evidence(model, classes=classes, max_iter=max_iter, lr=lr, batch_size=batch_size,
@@ -138,7 +138,7 @@ def entropy_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the noise and the image sample."),
 ) -> None:
     """Table A2: softmax entropy of zero, noise, blurred-image and image references."""
-    from evaluation.studies import entropy_table, reference_entropy
+    from retina_fgvis.evaluation.studies import entropy_table, reference_entropy
 
     try:
         frame = reference_entropy(image_files(images), model, n_instances=instances, batch_size=batch_size,
@@ -164,7 +164,7 @@ def colour_swap_command(
     device: str = typer.Option("auto", "--device", help="cpu, cuda, … (auto: CUDA when available)."),
 ) -> None:
     """Table A3: share of correct classifications kept after swapping BGR to RBG and GRB, per class."""
-    from evaluation.studies import colour_swap, colour_swap_table
+    from retina_fgvis.evaluation.studies import colour_swap, colour_swap_table
 
     try:
         frame = colour_swap(data, model, synsets=synsets, batch_size=batch_size, weights=weights_option(weights),

@@ -1,4 +1,4 @@
-"""``retina-fgvis train``: train the referable-DR classifier (a thin wrapper over ``training.train``)."""
+"""``retina-fgvis train``: train the referable-DR classifier (a thin wrapper over ``retina_fgvis.training.train``)."""
 from __future__ import annotations
 
 from enum import Enum
@@ -42,7 +42,7 @@ def train_command(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train the o_O-style fundus CNN (RDR vs non-RDR) with MONAI; works under torchrun for several GPUs."""
-    from training import TrainConfig, train
+    from retina_fgvis.training import TrainConfig, train
 
     console = Console()
     synthetic = {"n_train": n_train} if n_train is not None else {}

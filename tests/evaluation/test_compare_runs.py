@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.compare import SETTINGS, compare_runs, comparison_table
-from evaluation.localization import RunFolderError, chance_mask, lesion_hits
+from retina_fgvis.evaluation.compare import SETTINGS, compare_runs, comparison_table
+from retina_fgvis.evaluation.localization import RunFolderError, chance_mask, lesion_hits
 from retina_fgvis.binarize import binarize_top_fraction
 from retina_fgvis.datasets import LESION_TYPES
 

@@ -8,7 +8,7 @@ import skimage.data
 import torch
 from torch import nn
 
-from evaluation.deletion import (DeletionCurve, InsertionCurve, deletion_study, fgvis_deletion, seed_fractions,
+from retina_fgvis.evaluation.deletion import (DeletionCurve, InsertionCurve, deletion_study, fgvis_deletion, seed_fractions,
                                  summarize_deletion)
 from retina_fgvis.attribution import GradCAM
 from retina_fgvis.models.imagenet import load_imagenet_model

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evaluation.localization import (
+from retina_fgvis.evaluation.localization import (
     FalsePositiveComponents,
     ImageDetection,
     LesionSensitivity,

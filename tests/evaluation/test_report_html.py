@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from evaluation.compare import compare_runs
-from evaluation.localization import RunFolderError, score_run
-from evaluation.report import write_report
+from retina_fgvis.evaluation.compare import compare_runs
+from retina_fgvis.evaluation.localization import RunFolderError, score_run
+from retina_fgvis.evaluation.report import write_report
 from retina_fgvis.viz import LESION_COLOURS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -8,7 +8,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from evaluation.studies import (COLOUR_SWAPS, adversarial_evidence, adversarial_table, colour_swap,
+from retina_fgvis.evaluation.studies import (COLOUR_SWAPS, adversarial_evidence, adversarial_table, colour_swap,
                                 colour_swap_table, entropy_table, read_labelled_images, reference_entropy)
 from retina_fgvis.models.imagenet import imagenet_class_names, load_imagenet_model
 

@@ -48,7 +48,7 @@ def tiny_config():
 
 
 def make_tiny_config(data_dir: Path, out: Path, **overrides):
-    from training import TrainConfig
+    from retina_fgvis.training import TrainConfig
 
     settings = dict(dataset="eyepacs", data_dir=data_dir, out=out, epochs=2, image_size=SIZE, width=4,
                     batch_size=8, lr=3e-3, device="cpu", progress=False, norm_samples=8)

@@ -8,11 +8,11 @@ import pandas as pd
 
 from retina_fgvis.datasets.fundus import load_fundus
 from retina_fgvis.models.checkpoint import load_classifier, read_checkpoint
-from training import train
+from retina_fgvis.training import train
 
 SCRIPT = """
 import sys
-from training import TrainConfig, train
+from retina_fgvis.training import TrainConfig, train
 result = train(TrainConfig(dataset="eyepacs", data_dir=sys.argv[1], out=sys.argv[2], epochs=1, image_size=48,
                            width=4, batch_size=4, device="cpu", progress=False, norm_samples=8))
 print("rank-done", result.is_main, result.metrics["epoch"])

@@ -1,4 +1,4 @@
-"""``retina-fgvis train`` wraps ``training.train``: a final table, and one red line + exit 2 on bad input."""
+"""``retina-fgvis train`` wraps ``retina_fgvis.training.train``: a final table, and one red line + exit 2 on bad input."""
 from typer.testing import CliRunner
 
 from retina_fgvis.cli import app

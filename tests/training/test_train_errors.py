@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from retina_fgvis.models.checkpoint import CheckpointError
-from training import TrainConfig, train
+from retina_fgvis.training import TrainConfig, train
 
 
 @pytest.fixture(scope="module")

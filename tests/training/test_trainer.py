@@ -6,8 +6,8 @@ import torch
 
 from retina_fgvis.models.checkpoint import load_classifier, read_checkpoint
 from retina_fgvis.models.fundus_cnn import FundusCNN
-from training import TrainConfig, train
-from training.handlers import METRIC_COLUMNS
+from retina_fgvis.training import TrainConfig, train
+from retina_fgvis.training.handlers import METRIC_COLUMNS
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_resume_continues_at_the_next_epoch_and_matches_an_uninterrupted_run(tin
 KILLABLE = """
 import sys
 import torch
-from training import TrainConfig, train
+from retina_fgvis.training import TrainConfig, train
 torch.set_num_threads(1)
 train(TrainConfig(dataset="eyepacs", data_dir=sys.argv[1], out=sys.argv[2], epochs=50, image_size=48, width=4,
                   batch_size=4, device="cpu", progress=False, norm_samples=8))

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from training import DATASET_DEFAULTS, TrainConfig
-from training.data import compute_normalization, make_transforms, prepare_split
-from training.handlers import youden_operating_point
+from retina_fgvis.training import DATASET_DEFAULTS, TrainConfig
+from retina_fgvis.training.data import compute_normalization, make_transforms, prepare_split
+from retina_fgvis.training.handlers import youden_operating_point
 
 
 def test_youden_operating_point():
