@@ -2,11 +2,11 @@
 
 Each run is scored three ways, per lesion type, on the images all runs share:
 
-* **seed threshold**: its own map binarized at its run's threshold (``importance ≥ 4 % · max``);
+* **own threshold**: its own map binarized at its run's threshold (``importance ≥ 4 % · max``);
 * **matched area**: its map binarized to the top pixels covering the same fraction of the field of
-  view as the *first* run's seed-threshold mask on that image (``binarize_top_fraction``), so a blurry
+  view as the *first* run's own-threshold mask on that image (``binarize_top_fraction``), so a blurry
   map cannot win by marking half the retina;
-* **chance**: the seed-threshold mask (and the matched-area mask) rotated by the seeded random angle
+* **chance**: the own-threshold mask (and the matched-area mask) rotated by the seeded random angle
   of :func:`retina_fgvis.evaluation.localization.chance_mask`.
 """
 from __future__ import annotations
@@ -29,14 +29,33 @@ from retina_fgvis.evaluation.localization import (
     iter_scored_images,
     open_ground_truth,
     open_run,
-    seed_detection,
+    own_threshold_detection,
 )
 from retina_fgvis._io import atomic_write_csv, atomic_write_json
 from retina_fgvis.binarize import binarize_top_fraction
 from retina_fgvis.datasets import LESION_TYPES
 
 #: The scored settings, in table order.
-SETTINGS = ("seed_threshold", "matched_area", "chance", "chance_matched_area")
+SETTINGS = ("own_threshold", "matched_area", "chance", "chance_matched_area")
+#: Version of comparison.json. Version 1 (no ``format_version`` key) named ``own_threshold``
+#: ``seed_threshold``; :func:`read_comparison` upgrades it.
+FORMAT_VERSION = 2
+_V1_KEYS = {"seed_threshold": "own_threshold"}
+
+
+def read_comparison(comparison: dict[str, Any]) -> dict[str, Any]:
+    """A comparison dict of any version in the current format (version-1 setting names renamed)."""
+    if comparison.get("format_version", 1) >= FORMAT_VERSION:
+        return comparison
+
+    def upgrade(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {_V1_KEYS.get(key, key): upgrade(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [upgrade(item) for item in value]
+        return _V1_KEYS.get(value, value) if isinstance(value, str) else value
+
+    return {**upgrade(comparison), "format_version": FORMAT_VERSION}
 
 
 def _labels(runs) -> list[str]:
@@ -50,7 +69,7 @@ def _labels(runs) -> list[str]:
 
 def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, dataset: Any = None,
                  tolerance: int = 0, seed: int = 0, *, progress: bool = False) -> dict[str, Any]:
-    """Score several runs side by side; matched area uses the FIRST run's seed-threshold area per image.
+    """Score several runs side by side; matched area uses the FIRST run's own-threshold area per image.
 
     Args:
         runs: run folders (the first is the area reference, normally FGVis).
@@ -62,7 +81,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     Returns:
         The comparison dict: ``runs`` (per run: method, label, area fractions and the full metric
         summary of every setting) and ``lesion_sensitivity[label][lesion_type][setting]`` with
-        setting in ``seed_threshold``, ``matched_area``, ``chance``, ``chance_matched_area``.
+        setting in ``own_threshold``, ``matched_area``, ``chance``, ``chance_matched_area``.
     """
     if isinstance(runs, (str, os.PathLike)) or not runs:
         raise ValueError("runs: give a list of at least one run folder")
@@ -73,26 +92,26 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         raise ValueError(f"runs: the runs {[str(r.path) for r in opened]} share no finished image")
     ground_truth = open_ground_truth(dataset, opened[0])
     scorers = [{setting: LocalizationScorer(tolerance) for setting in SETTINGS} for _ in opened]
-    seed_areas: list[list[float]] = [[] for _ in opened]
+    own_areas: list[list[float]] = [[] for _ in opened]
     for image_id, sample, maps, records in iter_scored_images(opened, ground_truth, common, progress, "comparing"):
         reference_area = None
         for index, (run, importance, record) in enumerate(zip(opened, maps, records)):
-            detection, area = seed_detection(importance, run.threshold(image_id, record), sample.fov)
+            detection, area = own_threshold_detection(importance, run.threshold(image_id, record), sample.fov)
             reference_area = area if reference_area is None else reference_area
             matched = binarize_top_fraction(importance, reference_area, fov=sample.fov) & sample.fov
             masks = {
-                "seed_threshold": detection,
+                "own_threshold": detection,
                 "matched_area": matched,
                 "chance": chance_mask(detection, sample.fov, image_id, seed)[0],
                 "chance_matched_area": chance_mask(matched, sample.fov, image_id, seed)[0],
             }
             for setting, mask in masks.items():
                 scorers[index][setting].update(mask, sample.lesions)
-            seed_areas[index].append(area)
+            own_areas[index].append(area)
 
     labels = _labels(opened)
     entries, sensitivity, rows = [], {}, []
-    for run, label, run_scorers, areas in zip(opened, labels, scorers, seed_areas):
+    for run, label, run_scorers, areas in zip(opened, labels, scorers, own_areas):
         summaries = {setting: run_scorers[setting].summary() for setting in SETTINGS}
         entries.append({
             "run": str(run.path.resolve()),
@@ -100,7 +119,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
             "label": label,
             "threshold": run.config.get("threshold"),
             "area_fraction": sum(areas) / len(areas),
-            "matched_area_fraction": sum(seed_areas[0]) / len(seed_areas[0]),
+            "matched_area_fraction": sum(own_areas[0]) / len(own_areas[0]),
             **summaries,
         })
         sensitivity[label] = {
@@ -114,6 +133,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                                  "pixel_precision", "image_detection")},
                              "fp_components_per_image": summaries[setting]["fp_components_per_image"]})
     comparison = nan_to_none({
+        "format_version": FORMAT_VERSION,
         "reference": {"run": str(opened[0].path.resolve()), "method": labels[0]},
         "n_images": len(common),
         "image_ids": common,
@@ -131,8 +151,8 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
 
 
 def comparison_table(comparison: dict[str, Any]) -> Table:
-    """A rich table: one row per lesion type, per method the lesion-level sensitivity at the seed
-    threshold, at matched area and the chance control (rotated seed-threshold mask)."""
+    """A rich table: one row per lesion type, per method the lesion-level sensitivity at its own
+    threshold, at matched area and the chance control (rotated own-threshold mask)."""
     reference = comparison["reference"]["method"]
     table = Table(title=f"Lesion-level sensitivity (%), {comparison['n_images']} images",
                   caption=f"own = the method's threshold; matched = {reference}'s area per image; "
@@ -149,7 +169,7 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
         cells = [lesion_type]
         for label in labels:
             values = comparison["lesion_sensitivity"][label][lesion_type]
-            cells += [percent(values[key], unit=False) for key in ("seed_threshold", "matched_area", "chance")]
+            cells += [percent(values[key], unit=False) for key in ("own_threshold", "matched_area", "chance")]
         table.add_row(*cells)
     table.add_row(*area_row, style="dim")
     return table

@@ -16,7 +16,7 @@ rule over the **true** fraction ``n_k / P`` (not the nominal ``f_k``)::
 
 Lower deletion AUC and higher insertion AUC mean a more faithful importance map.
 
-The paper's schedule (:func:`seed_fractions`): 100 steps of 0.25 % then 75 steps of 1 %, 176 points
+The paper's schedule (:func:`paper_fractions`): 100 steps of 0.25 % then 75 steps of 1 %, 176 points
 including the clean image. The substrate defaults to ``"zero"`` in the model's normalised input
 space (the dataset's mean colour, the same reference FGVis uses); ``"black"`` pixels (needs the
 normalisation), ``"blur"`` or a tensor are available and the choice is recorded in every summary.
@@ -44,12 +44,12 @@ from retina_fgvis.models.imagenet import as_imagenet_model, image_names
 from retina_fgvis.runtime import progress_bar
 
 __all__ = ["DeletionCurve", "InsertionCurve", "PerturbationCurve", "DELETION_METHODS", "deletion_study",
-           "fgvis_deletion", "plot_curves", "seed_fractions", "summarize_deletion"]
+           "fgvis_deletion", "plot_curves", "paper_fractions", "summarize_deletion"]
 
 DELETION_METHODS = ("fgvis", "gradcam", "occlusion", "random")
 
 
-def seed_fractions() -> torch.Tensor:
+def paper_fractions() -> torch.Tensor:
     """The §A4.1 schedule: 0, 0.25 %, …, 25 % (100 steps), then 26 %, …, 100 % (75 steps); 176 float64 values."""
     fine = torch.arange(0, 101, dtype=torch.float64) * 0.0025
     coarse = 0.25 + torch.arange(1, 76, dtype=torch.float64) * 0.01
@@ -68,7 +68,7 @@ class PerturbationCurve:
             blurred with ``blur_sigma`` px) or a tensor (C×H×W, 1×C×H×W or N×C×H×W).
         normalization: ``(mean, std)`` of the model's inputs (for ``"black"``).
         fractions: nominal fractions of pixels changed at each point, increasing, starting at 0 and
-            ending at 1 (default :func:`seed_fractions`).
+            ending at 1 (default :func:`paper_fractions`).
         batch_size: perturbed images per forward pass.
         seed: seed of the tie-breaking permutation.
     """
@@ -83,7 +83,7 @@ class PerturbationCurve:
             raise ValueError(f"mode: expected 'deletion' or 'insertion', got {mode!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-        fractions = seed_fractions() if fractions is None else torch.as_tensor(fractions, dtype=torch.float64)
+        fractions = paper_fractions() if fractions is None else torch.as_tensor(fractions, dtype=torch.float64)
         if (fractions.ndim != 1 or fractions.numel() < 2 or fractions[0] != 0 or fractions[-1] != 1
                 or bool((fractions.diff() < 0).any())):
             raise ValueError("fractions: expected an increasing 1-D sequence from 0 to 1")
@@ -268,7 +268,7 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
             (at the model's ``cam_layer``), ``"occlusion"`` (window ``S/8``, stride half the window,
             filled with the substrate's zero) and ``"random"`` (a seeded uniform map).
         substrate: ``"zero"`` (normalised zero) or ``"black"`` (pixel black); also FGVis's reference.
-        fractions: curve schedule (default :func:`seed_fractions`, 176 points).
+        fractions: curve schedule (default :func:`paper_fractions`, 176 points).
         image_batch: images explained and scored together; ``batch_size``: perturbed images per forward.
         out_dir: when given, writes ``deletion.csv`` (one row per image and method), ``curves.csv`` (mean
             and std of each method's curves over the images), ``deletion_curves.png`` and ``run.json``.

@@ -400,8 +400,8 @@ def iter_scored_images(
             bar.update(task, advance=1, status=image_id)
 
 
-def seed_detection(importance: np.ndarray, threshold: float, fov: np.ndarray) -> tuple[np.ndarray, float]:
-    """Seed-threshold detection (``importance ≥ threshold · max``) restricted to the FOV, and its FOV fraction."""
+def own_threshold_detection(importance: np.ndarray, threshold: float, fov: np.ndarray) -> tuple[np.ndarray, float]:
+    """Own-threshold detection (``importance ≥ threshold · max``) restricted to the FOV, and its FOV fraction."""
     fov = np.asarray(fov, dtype=bool)
     detection = binarize_relative(importance, threshold) & fov
     return detection, _ratio(detection.sum(), fov.sum())
@@ -445,7 +445,7 @@ def score_run(run_dir: str | os.PathLike, dataset: Any = None, tolerance: int = 
         [run], ground_truth, run.image_ids, progress, f"scoring {run.method}"
     ):
         threshold = run.threshold(image_id, record)
-        detection, area = seed_detection(importance, threshold, sample.fov)
+        detection, area = own_threshold_detection(importance, threshold, sample.fov)
         rotated, angle = chance_mask(detection, sample.fov, image_id, seed)
         per_type, fp = scorer.update(detection, sample.lesions)
         chance, _ = chance_scorer.update(rotated, sample.lesions)

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from retina_fgvis.evaluation.compare import read_comparison
 from retina_fgvis.evaluation.localization import RunFolderError, percent
 from retina_fgvis._io import atomic_write_text
 from retina_fgvis.viz import DETECTION_COLOUR, LESION_COLOURS, LESION_NAMES, heatmap, thumbnail
@@ -139,13 +140,15 @@ def _run_config(run: Path) -> dict[str, Any]:
 
 
 def _load_comparison(comparison: Mapping[str, Any] | str | os.PathLike | None) -> Mapping[str, Any] | None:
-    if comparison is None or isinstance(comparison, Mapping):
-        return comparison
+    if comparison is None:
+        return None
+    if isinstance(comparison, Mapping):
+        return read_comparison(dict(comparison))
     path = Path(comparison)
     if path.is_dir():
         path = path / "comparison.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_comparison(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError) as error:
         raise ValueError(f"comparison: cannot read {path} ({error})") from None
 
@@ -180,7 +183,7 @@ def _summary_html(summary: Mapping[str, Any]) -> str:
 
 def _comparison_html(comparison: Mapping[str, Any]) -> str:
     labels = list(comparison["lesion_sensitivity"])
-    settings = (("seed_threshold", "own threshold"), ("matched_area", "matched area"), ("chance", "chance"))
+    settings = (("own_threshold", "own threshold"), ("matched_area", "matched area"), ("chance", "chance"))
     top = "".join(f'<th colspan="{len(settings)}" class="group">{escape(_display(label))}</th>' for label in labels)
     sub = "".join(f"<th>{escape(name)}</th>" for _ in labels for _, name in settings)
     rows = []

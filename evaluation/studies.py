@@ -31,7 +31,7 @@ from retina_fgvis.runtime import progress_bar
 __all__ = ["COLOUR_SWAPS", "IMAGE_EXTENSIONS", "adversarial_evidence", "adversarial_table", "colour_swap",
            "colour_swap_table", "entropy_table", "read_labelled_images", "reference_entropy"]
 
-#: Channel order of each swap as an index into RGB pixels. The seed swaps the BGR channels (Caffe order)
+#: Channel order of each swap as an index into RGB pixels. The paper swaps the BGR channels (Caffe order)
 #: to RBG or GRB: the slot that held B now holds R, G holds B, R holds G (RBG), and analogously for GRB.
 COLOUR_SWAPS = {"RBG": (1, 2, 0), "GRB": (2, 0, 1)}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")

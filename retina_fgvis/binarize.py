@@ -19,7 +19,7 @@ import torch
 
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
-SEED_THRESHOLD = 0.04
+PAPER_THRESHOLD = 0.04
 
 
 def check_threshold(fraction: float) -> float:
@@ -30,7 +30,7 @@ def check_threshold(fraction: float) -> float:
     return value
 
 
-def binarize_relative(importance: Array, fraction: float = SEED_THRESHOLD) -> Array:
+def binarize_relative(importance: Array, fraction: float = PAPER_THRESHOLD) -> Array:
     """``importance ≥ fraction · max(importance)`` per image.
 
     Args:

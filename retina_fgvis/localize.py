@@ -44,7 +44,7 @@ import torch
 
 from retina_fgvis._io import (atomic_save_npz, atomic_write_json, atomic_write_png, is_temporary, remove_temporaries,
                               write_run_info)
-from retina_fgvis.binarize import SEED_THRESHOLD, binarize_relative, check_threshold
+from retina_fgvis.binarize import PAPER_THRESHOLD, binarize_relative, check_threshold
 from retina_fgvis.runtime import progress_bar, resolve_device
 
 __all__ = ["LocalizeConfig", "localize", "run_complete", "shard_batches", "parse_shard", "open_dataset",
@@ -96,7 +96,7 @@ class LocalizeConfig:
     lr: float = 0.25
     max_iter: int = 500
     stop_score: float = 0.10
-    threshold: float = SEED_THRESHOLD
+    threshold: float = PAPER_THRESHOLD
     shard: str | tuple[int, int] | None = None
     gradcam_layer: str | None = None
     occlusion_window: int | None = None

@@ -18,7 +18,7 @@ def test_relative_is_per_image_and_matches_the_formula():
     np.testing.assert_array_equal(torch_binary.numpy(), binary)
 
 
-def test_relative_default_is_the_seed_threshold_and_empty_map_detects_nothing():
+def test_relative_default_is_the_paper_threshold_and_empty_map_detects_nothing():
     image = np.linspace(0, 1, 101, dtype=np.float32).reshape(1, 101)[:, :100].repeat(2, axis=0)
     assert binarize_relative(image).sum() == 2 * (100 - 4)  # values 0.00..0.03 fall below 4 % of 0.99
     assert not binarize_relative(np.zeros((8, 8))).any()

@@ -19,8 +19,8 @@ import retina_fgvis.localize as localize_module
 from retina_fgvis.localize import LocalizeConfig, localize, parse_shard, run_complete, shard_batches
 from retina_fgvis.models.checkpoint import CheckpointError
 
-#: FGVis: the seed's medical settings (lr 0.25, stop below 0.10, deletion of the RDR class) except
-#: λ and the step limit. With the seed's λ = 1e-10 this small 128-px model's masks spread over a third
+#: FGVis: the paper's medical settings (lr 0.25, stop below 0.10, deletion of the RDR class) except
+#: λ and the step limit. With the paper's λ = 1e-10 this small 128-px model's masks spread over a third
 #: of the retina and more, and their lesion sensitivity is within a few points of chance
 #: (docs/localize.md); λ = 1e-6 keeps them sparse. 50 steps keep the test fast (the masks change
 #: little from 50 to 500 steps at this λ).
@@ -106,7 +106,7 @@ def test_run_folder_holds_every_per_image_output(runs, trained_checkpoint):
         assert record["image_id"] == folder.name and record["method"] == "fgvis"
         assert 0 <= record["prob_after"] <= 1 and 0 <= record["iterations"] <= FGVIS_STEPS
         assert record["lam"] == FGVIS_LAM and record["threshold"] == 0.04
-        if record["iterations"] < FGVIS_STEPS:  # stopped early: the seed's stop rule was met
+        if record["iterations"] < FGVIS_STEPS:  # stopped early: the paper's stop rule was met
             assert record["prob_after"] < 0.10 or record["iterations"] == 0
         assert cv2.imread(str(folder / "overlay.png")).shape == (128, 128, 3)
         assert (folder / "overlay_thumb.png").is_file()

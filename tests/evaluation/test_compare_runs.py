@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from retina_fgvis.evaluation.compare import SETTINGS, compare_runs, comparison_table
+from retina_fgvis.evaluation.compare import FORMAT_VERSION, SETTINGS, compare_runs, comparison_table, read_comparison
 from retina_fgvis.evaluation.localization import RunFolderError, chance_mask, lesion_hits
 from retina_fgvis.binarize import binarize_top_fraction
 from retina_fgvis.datasets import LESION_TYPES
@@ -29,9 +29,9 @@ def test_compare_runs_side_by_side(tmp_path, scene, fgvis_maps, blurry_maps, mak
         assert list(sens[label]) == list(LESION_TYPES)
         assert all(set(sens[label][t]) == set(SETTINGS) for t in LESION_TYPES)
     # FGVis: its own area is the matched area, so both settings agree.
-    assert sens["fgvis"]["hard_exudates"]["seed_threshold"] == sens["fgvis"]["hard_exudates"]["matched_area"] == 0.5
+    assert sens["fgvis"]["hard_exudates"]["own_threshold"] == sens["fgvis"]["hard_exudates"]["matched_area"] == 0.5
     # The blurry map marks most of the image at 4 % of its max and touches everything ...
-    assert [sens["gradcam"][t]["seed_threshold"] for t in LESION_TYPES] == [1.0, 1.0, None, 1.0]
+    assert [sens["gradcam"][t]["own_threshold"] for t in LESION_TYPES] == [1.0, 1.0, None, 1.0]
     # ... but at FGVis's area only the soft exudate under its peak.
     assert [sens["gradcam"][t]["matched_area"] for t in LESION_TYPES] == [0.0, 1.0, None, 0.0]
     runs = {entry["method"]: entry for entry in comparison["runs"]}
@@ -39,7 +39,7 @@ def test_compare_runs_side_by_side(tmp_path, scene, fgvis_maps, blurry_maps, mak
     assert runs["gradcam"]["matched_area_fraction"] == pytest.approx(3.5 / 32**2)
     assert runs["gradcam"]["area_fraction"] > 0.5
     assert runs["gradcam"]["matched_area"]["n_hit"]["soft_exudates"] == 1
-    # Chance: each seed-threshold mask rotated by the seeded angle of its image, scored the same way.
+    # Chance: each own-threshold mask rotated by the seeded angle of its image, scored the same way.
     hits = lesions = 0
     for image_id, sample in scene.samples.items():
         rotated, _ = chance_mask(fgvis_maps[image_id] >= 0.04, sample.fov, image_id, seed=0)
@@ -73,3 +73,14 @@ def test_duplicate_methods_get_distinct_labels(tmp_path, scene, fgvis_maps, make
     same_name = make_run(tmp_path / "c" / "a", "fgvis", fgvis_maps)
     labels = list(compare_runs([first, same_name], tmp_path / "cmp", scene)["lesion_sensitivity"])
     assert labels == ["fgvis (a) #1", "fgvis (a) #2"]
+
+
+def test_a_version_1_comparison_reads_as_the_current_format(tmp_path, scene, fgvis_maps, blurry_maps, make_run):
+    comparison = compare_runs([make_run(tmp_path / "fgvis", "fgvis", fgvis_maps),
+                               make_run(tmp_path / "gradcam", "gradcam", blurry_maps)], tmp_path / "cmp", scene)
+    assert comparison["format_version"] == FORMAT_VERSION
+    # Version 1 had no format_version and called the own-threshold setting "seed_threshold".
+    old = json.loads(json.dumps(comparison).replace('"own_threshold"', '"seed_threshold"'))
+    del old["format_version"]
+    assert read_comparison(old) == comparison
+    assert read_comparison(comparison) is comparison

@@ -1,4 +1,4 @@
-"""Deletion/insertion curves: the seed's schedule, true-fraction AUC, batching, and FGVis vs Grad-CAM on real photos."""
+"""Deletion/insertion curves: the paper's schedule, true-fraction AUC, batching, and FGVis vs Grad-CAM on real photos."""
 import json
 
 import numpy as np
@@ -8,7 +8,7 @@ import skimage.data
 import torch
 from torch import nn
 
-from retina_fgvis.evaluation.deletion import (DeletionCurve, InsertionCurve, deletion_study, fgvis_deletion, seed_fractions,
+from retina_fgvis.evaluation.deletion import (DeletionCurve, InsertionCurve, deletion_study, fgvis_deletion, paper_fractions,
                                  summarize_deletion)
 from retina_fgvis.attribution import GradCAM
 from retina_fgvis.models.imagenet import load_imagenet_model
@@ -29,8 +29,8 @@ def halves(n=1, size=8):
     return left, 1 - left
 
 
-def test_seed_schedule_has_176_points():
-    fractions = seed_fractions()
+def test_paper_schedule_has_176_points():
+    fractions = paper_fractions()
     assert len(fractions) == 176 and fractions[0] == 0 and fractions[-1] == 1
     steps = fractions.diff()
     assert torch.allclose(steps[:100], torch.tensor(0.0025, dtype=torch.float64))
@@ -42,7 +42,7 @@ def test_auc_uses_the_true_removed_fraction():
     left, _ = halves(size=7)
     metric = DeletionCurve(LeftEvidence())
     aucs = metric.update(x, left)
-    counts = torch.round(seed_fractions() * 49)
+    counts = torch.round(paper_fractions() * 49)
     assert torch.equal(metric.removed_fraction, counts / 49)
     assert metric.removed_fraction[1] == 0 and metric.curves[0, 0] == metric.curves[0, 1]
     assert torch.allclose(aucs, torch.trapezoid(metric.curves, x=counts / 49, dim=1))

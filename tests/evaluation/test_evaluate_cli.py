@@ -64,7 +64,7 @@ def test_score_compare_report(tiny_set, tmp_path):
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert list(comparison["lesion_sensitivity"]) == ["fgvis", "gradcam"]
     for t in present:   # outside the FOV nothing counts: the border map detects nothing at its threshold
-        assert comparison["lesion_sensitivity"]["gradcam"][t]["seed_threshold"] == 0.0
+        assert comparison["lesion_sensitivity"]["gradcam"][t]["own_threshold"] == 0.0
     fgvis_entry, border_entry = comparison["runs"]
     assert border_entry["area_fraction"] == 0.0
     assert border_entry["matched_area_fraction"] == fgvis_entry["area_fraction"] > 0

@@ -1,4 +1,4 @@
-"""The seed's ImageNet studies on the pretrained EfficientNet-Lite0: A1 defense, A2 entropy, A3 colour swap."""
+"""The paper's ImageNet studies on the pretrained EfficientNet-Lite0: A1 defense, A2 entropy, A3 colour swap."""
 import math
 
 import numpy as np
