@@ -39,6 +39,7 @@ from torch import nn
 
 from retina_fgvis._io import atomic_save_figure, atomic_write_csv, write_run_info
 from retina_fgvis.attribution.gradcam import resolve_targets
+from retina_fgvis.checks import check_int
 from retina_fgvis.fgvis import FGVis, RelativeScoreBelow, lambda_grid, make_reference, model_guard
 from retina_fgvis.models.imagenet import as_imagenet_model, image_names
 from retina_fgvis.runtime import progress_bar
@@ -81,8 +82,7 @@ class PerturbationCurve:
         mode = mode or self.mode
         if mode not in ("deletion", "insertion"):
             raise ValueError(f"mode: expected 'deletion' or 'insertion', got {mode!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+        check_int("batch_size", batch_size, minimum=1)
         fractions = paper_fractions() if fractions is None else torch.as_tensor(fractions, dtype=torch.float64)
         if (fractions.ndim != 1 or fractions.numel() < 2 or fractions[0] != 0 or fractions[-1] != 1
                 or bool((fractions.diff() < 0).any())):

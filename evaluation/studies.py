@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from retina_fgvis._io import atomic_write_csv, write_run_info
+from retina_fgvis.checks import check_int
 from retina_fgvis.fgvis import ClassShift, FGVis, make_reference
 from retina_fgvis.models.imagenet import as_imagenet_model
 from retina_fgvis.runtime import progress_bar
@@ -132,8 +133,7 @@ def reference_entropy(images: Sequence, model="efficientnet_lite0", *, n_instanc
     net = as_imagenet_model(model, weights=weights, image_size=image_size, device=device)
     if isinstance(images, (str, os.PathLike)) or not len(images):
         raise ValueError("images: expected a non-empty sequence of image paths or arrays")
-    if isinstance(n_instances, bool) or not isinstance(n_instances, int) or n_instances < 1:
-        raise ValueError(f"n_instances: expected a positive integer, got {n_instances!r}")
+    check_int("n_instances", n_instances, minimum=1)
     generator = torch.Generator().manual_seed(seed)
     picked = torch.randperm(len(images), generator=generator)[:n_instances].sort().values.tolist()
     x = net.preprocess_batch([images[i] for i in picked])

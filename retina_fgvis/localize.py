@@ -45,6 +45,7 @@ import torch
 from retina_fgvis._io import (atomic_save_npz, atomic_write_json, atomic_write_png, is_temporary, remove_temporaries,
                               write_run_info)
 from retina_fgvis.binarize import PAPER_THRESHOLD, binarize_relative, check_threshold
+from retina_fgvis.checks import check_int
 from retina_fgvis.runtime import progress_bar, resolve_device
 
 __all__ = ["LocalizeConfig", "localize", "run_complete", "shard_batches", "parse_shard", "open_dataset",
@@ -111,9 +112,7 @@ class LocalizeConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("batch_size", "max_iter"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            check_int(name, getattr(self, name), minimum=1)
         if not float(self.lam) >= 0:
             raise ValueError(f"lam: expected λ ≥ 0, got {self.lam!r}")
         if not float(self.lr) > 0:

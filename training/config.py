@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retina_fgvis.checks import check_int
+
 __all__ = ["DATASETS", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "TrainConfig"]
 
 DATASETS = ("eyepacs", "synthetic")
@@ -86,9 +88,7 @@ class TrainConfig:
         config.data_dir = None if config.data_dir is None else Path(config.data_dir)
         positive = ("epochs", "image_size", "batch_size", "width", "n_train", "norm_samples")
         for name in positive + ("workers", "n_test", "seed", "rdr_threshold"):
-            value = getattr(config, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (1 if name in positive else 0):
-                raise ValueError(f"{name}: expected an integer >= {1 if name in positive else 0}, got {value!r}")
+            check_int(name, getattr(config, name), minimum=1 if name in positive else 0)
         if config.image_size < 32:
             raise ValueError(f"image_size: the network needs at least 32 px, got {config.image_size}")
         if config.steps_per_epoch is not None and (not isinstance(config.steps_per_epoch, int)

@@ -20,6 +20,7 @@ from monai.visualize import OcclusionSensitivity
 from torch import nn
 
 from retina_fgvis.attribution.gradcam import resolve_targets, scale_per_image
+from retina_fgvis.checks import check_int
 from retina_fgvis.fgvis import model_guard
 from retina_fgvis.fgvis.engine import check_inputs
 
@@ -42,11 +43,9 @@ class Occlusion:
     def __init__(self, model: nn.Module, window: int = 16, stride: int = 8, fill: float = 0.0, batch_size: int = 32):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        for name, value in (("window", window), ("batch_size", batch_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
-        if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window:
-            raise ValueError(f"stride: expected an integer in [1, window={window}], got {stride!r}")
+        check_int("window", window, minimum=1)
+        check_int("batch_size", batch_size, minimum=1)
+        check_int("stride", stride, minimum=1, maximum=window)
         self.model = model
         self.window = window
         self.stride = stride

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 from skimage import draw
 
+from retina_fgvis.checks import check_int
 from retina_fgvis.datasets.errors import DatasetError
 from retina_fgvis.datasets.fundus import crop_to_fov, fov_mask, graham_normalize, read_rgb
 
@@ -456,8 +457,7 @@ def open_diaretdb1(
 
     Raises :class:`DatasetError` naming ``root`` when no release is found, and ValueError for bad settings.
     """
-    if isinstance(min_experts, bool) or not isinstance(min_experts, (int, np.integer)) or not 1 <= min_experts <= N_EXPERTS:
-        raise ValueError(f"min_experts: expected an integer 1-{N_EXPERTS}, got {min_experts!r}")
+    check_int("min_experts", min_experts, minimum=1, maximum=N_EXPERTS)
     confidence = str(min_confidence).strip().capitalize()
     if confidence not in CONFIDENCE_LEVELS:
         raise ValueError(f"min_confidence: expected 'Low', 'Medium' or 'High', got {min_confidence!r}")

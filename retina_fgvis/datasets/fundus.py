@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from retina_fgvis.checks import check_int
 from retina_fgvis.datasets.errors import DatasetError
 
 _JPEG_MAGIC = b"\xff\xd8"
@@ -230,6 +231,4 @@ def _check_mask(mask: np.ndarray, shape: tuple[int, int], name: str) -> np.ndarr
 
 
 def _check_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 8:
-        raise ValueError(f"size: expected an integer >= 8, got {size!r}")
-    return int(size)
+    return check_int("size", size, minimum=8)

@@ -27,6 +27,7 @@ import cv2
 import pandas as pd
 
 from retina_fgvis._io import atomic_write_csv, atomic_write_png, remove_temporaries, write_run_info
+from retina_fgvis.checks import check_int
 from retina_fgvis.datasets.errors import DatasetError
 from retina_fgvis.datasets.eyepacs import LABELS_CSV, SOLUTION_CSV, find_images
 from retina_fgvis.datasets.fundus import load_fundus
@@ -67,10 +68,8 @@ def prepare_eyepacs(
     Raises DatasetError/ValueError only for problems of the whole run (no images, settings that
     differ from an earlier run into ``dst``); unreadable images are listed and skipped.
     """
-    if isinstance(size, bool) or not isinstance(size, int) or size < 8:
-        raise ValueError(f"size: expected an integer >= 8, got {size!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise ValueError(f"workers: expected an integer >= 0 or None, got {workers!r}")
+    check_int("size", size, minimum=8)
+    check_int("workers", workers, minimum=0, allow_none=True)
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise DatasetError(src, "source folder not found")

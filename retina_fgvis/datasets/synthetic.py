@@ -40,6 +40,7 @@ from skimage import data as skdata
 from skimage import draw
 
 from retina_fgvis._io import atomic_write_bytes, atomic_write_csv, atomic_write_png, atomic_write_text, write_run_info
+from retina_fgvis.checks import check_int
 from retina_fgvis.datasets.diaretdb1 import (
     LESION_TYPES,
     N_EXPERTS,
@@ -116,8 +117,7 @@ def generate_synthetic(
     of an earlier run in ``out`` are overwritten.
     """
     for name, value, low in (("n_train", n_train, 0), ("n_test", n_test, 0), ("size", size, 32)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise ValueError(f"{name}: expected an integer >= {low}, got {value!r}")
+        check_int(name, value, minimum=low)
     if n_test > 999:
         raise ValueError(f"n_test: DiaretDB1 ids have three digits, at most 999 images, got {n_test}")
     if n_train + n_test == 0:

@@ -34,6 +34,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
+from retina_fgvis.checks import check_int, check_number
 from retina_fgvis.fgvis.defense import GradientFilter
 from retina_fgvis.fgvis.references import REFERENCES, check_normalization, make_reference
 from retina_fgvis.fgvis.search import check_grid, lambda_grid, search_batched, search_sequential
@@ -139,13 +140,9 @@ def check_inputs(inputs) -> None:
 
 
 def _positive(name: str, value, *, integer: bool = False, allow_none: bool = False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
-        raise TypeError(f"{name}: expected a{'n int' if integer else ' number'}, got {value!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name}: must be > 0, got {value!r}")
-    return value
+    if integer:
+        return check_int(name, value, minimum=1, allow_none=allow_none)
+    return check_number(name, value, minimum=0, exclusive_minimum=True, allow_none=allow_none)
 
 
 class FGVis:
@@ -207,8 +204,7 @@ class FGVis:
         self.normalization = check_normalization(normalization)
         if isinstance(reference, str) and reference == "black" and self.normalization is None:
             raise ValueError("normalization: reference='black' needs normalization=(mean, std)")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise TypeError(f"seed: expected an int, got {seed!r}")
+        check_int("seed", seed)
         self.model = model
         self.game = game
         self.defense = bool(defense)

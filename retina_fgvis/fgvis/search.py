@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from retina_fgvis.checks import check_int
+
 Run = Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]]
 
 
@@ -27,8 +29,7 @@ def lambda_grid(start: float = 1e-4, stop: float = 1e-10, num: int = 13) -> list
     """
     if not (start > 0 and stop > 0 and math.isfinite(start) and math.isfinite(stop)):
         raise ValueError(f"lam_grid: start and stop must be finite and > 0, got {start}, {stop}")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise ValueError(f"lam_grid: num must be an int >= 1, got {num!r}")
+    check_int("lam_grid num", num, minimum=1)
     if num == 1:
         return [float(start)]
     a, b = math.log10(start), math.log10(stop)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from retina_fgvis.checks import check_int
+
 __all__ = ["FundusCNN", "conv_block"]
 
 
@@ -57,8 +59,7 @@ class FundusCNN(nn.Module):
     def __init__(self, width: int = 32, num_classes: int = 2, in_channels: int = 3, dropout: float = 0.5):
         super().__init__()
         for name, value in (("width", width), ("num_classes", num_classes), ("in_channels", in_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+            check_int(name, value, minimum=1)
         if num_classes < 2:
             raise ValueError(f"num_classes: a softmax classifier needs at least 2 classes, got {num_classes}")
         if not 0.0 <= float(dropout) < 1.0:
