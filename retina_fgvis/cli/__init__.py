@@ -3,7 +3,7 @@
 Each command lives in its own module and registers itself on :data:`app`.
 """
 from retina_fgvis.cli._app import app
-from retina_fgvis.cli import data_commands, train, localize, evaluate, explain, studies, demo  # noqa: F401  (registration)
+from retina_fgvis.cli import data_commands, train, localize, evaluate, explain, studies, demo, diagnose  # noqa: F401  (registration)
 
 
 def main() -> None:

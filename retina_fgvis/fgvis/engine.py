@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -35,24 +36,25 @@ import torch
 from torch import nn
 
 from retina_fgvis.checks import check_int, check_number
-from retina_fgvis.fgvis.defense import GradientFilter
+from retina_fgvis.fgvis.games import GAMES, Game, check_start, game_spec, initial_mask
+from retina_fgvis.fgvis.loop import (ActiveRows, Precision, clean_pass, eager_step, final_evaluation)
+from retina_fgvis.fgvis.objective import MARGIN_FACTOR, margin_limit
 from retina_fgvis.fgvis.references import REFERENCES, check_normalization, make_reference
 from retina_fgvis.fgvis.search import check_grid, lambda_grid, search_batched, search_sequential
 from retina_fgvis.fgvis.stops import ClassShift, FixedSteps, StopRule, check_stop
+from retina_fgvis.fgvis.targets import check_target
 from retina_fgvis.runtime import progress_bar
 
-# game -> (keep-class objective?, lower and upper bound of the uniform start)
-GAMES = {
-    "preservation": (True, 0.99, 1.0),
-    "generation": (True, 0.0, 0.01),
-    "deletion": (False, 0.99, 1.0),
-    "repression": (False, 0.0, 0.01),
-}
-# Games that start where the stop rules do not hold yet, so they may stop early.
-_EARLY_STOP_GAMES = ("deletion", "generation")
+__all__ = ["FGVis", "FGVisResult", "GAMES", "Game", "initial_mask", "model_guard", "check_inputs",
+           "MarginWarning", "default_rows", "check_model_inputs"]
+
 # Default CPU chunk: rows totalling about this many input values.  CPU kernels gain nothing from
 # larger batches, while buffers above glibc's mmap threshold (32 MB) cost page faults every step.
 _CPU_CHUNK_VALUES = 2**20
+
+
+class MarginWarning(UserWarning):
+    """The target's logit margin is so large that the drop objective has no gradient left against lambda."""
 
 
 @dataclass
@@ -84,17 +86,6 @@ class FGVisResult:
     lam: torch.Tensor
     success: torch.Tensor
     top_class: torch.Tensor
-
-
-def initial_mask(game: str, shape: Sequence[int], seed: int = 0) -> torch.Tensor:
-    """The start of ``m`` for one image of ``shape`` (C x H x W): 1 x C x H x W float64 ~ U(a, b).
-
-    Drawn on the CPU from a generator seeded with ``seed``, so it is the same for every image,
-    batch and device.
-    """
-    _, low, high = GAMES[game]
-    generator = torch.Generator().manual_seed(seed)
-    return low + (high - low) * torch.rand((1, *shape), generator=generator, dtype=torch.float64)
 
 
 @contextlib.contextmanager
@@ -137,6 +128,30 @@ def check_inputs(inputs) -> None:
         raise ValueError("inputs: the batch is empty")
     if not torch.isfinite(inputs).all():
         raise ValueError("inputs: contain NaN or infinite values")
+
+
+def check_model_inputs(model: nn.Module, inputs, normalization=None) -> torch.Tensor:
+    """:func:`check_inputs` plus what the mask optimisation needs of ``inputs`` and ``model``.
+
+    float32 or float64 inputs of the model's parameter dtype and device, with the channels of its
+    first convolution and of ``normalization``.  Returns the inputs detached (an inference tensor
+    cloned).  Errors name ``inputs`` or ``normalization``.
+    """
+    check_inputs(inputs)
+    if inputs.dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(f"inputs: {inputs.dtype} is too coarse for the mask updates; pass float32 or float64 "
+                        "inputs (autocast=True runs the model in bfloat16)")
+    param = next(model.parameters(), None)
+    if param is not None and param.is_floating_point() and param.dtype != inputs.dtype:
+        raise TypeError(f"inputs: are {inputs.dtype} but the model's parameters {param.dtype}; convert one of them")
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None and inputs.shape[1] != first_conv.in_channels:
+        raise ValueError(f"inputs: have {inputs.shape[1]} channels, the model expects {first_conv.in_channels}")
+    if normalization is not None and len(normalization[0]) != inputs.shape[1]:
+        raise ValueError(f"normalization: has {len(normalization[0])} channels, the inputs {inputs.shape[1]}")
+    if param is not None and param.device != inputs.device:
+        raise ValueError(f"inputs: are on {inputs.device}, the model on {param.device}")
+    return inputs.detach().clone() if inputs.is_inference() else inputs.detach()
 
 
 def _positive(name: str, value, *, integer: bool = False, allow_none: bool = False):
@@ -194,11 +209,11 @@ class FGVis:
         channels_last: bool | None = None,
         compile: bool = False,
         check_every: int = 10,
+        start: tuple[float, float] | None = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-        if game not in GAMES:
-            raise ValueError(f"game: {game!r} is not one of {tuple(GAMES)}")
+        self.spec: Game = game_spec(game)
         if not isinstance(reference, torch.Tensor) and reference not in REFERENCES:
             raise ValueError(f"reference: {reference!r} is not one of {REFERENCES} or a tensor")
         self.normalization = check_normalization(normalization)
@@ -206,7 +221,7 @@ class FGVis:
             raise ValueError("normalization: reference='black' needs normalization=(mean, std)")
         check_int("seed", seed)
         self.model = model
-        self.game = game
+        self.game = self.spec.name
         self.defense = bool(defense)
         self.reference = reference
         self.lr = float(_positive("lr", lr))
@@ -216,6 +231,7 @@ class FGVis:
         self.batch_size = _positive("batch_size", batch_size, integer=True, allow_none=True)
         self.check_every = _positive("check_every", check_every, integer=True)
         self.seed = seed
+        self.start = check_start(start)
         self.progress = bool(progress)
         self.autocast = autocast
         self.channels_last = channels_last
@@ -242,12 +258,14 @@ class FGVis:
         stop: ``None`` = ``max_iter`` steps (line search: ``ClassShift()``), or a
             :class:`StopRule` evaluated per image.
 
-        Returns an :class:`FGVisResult` on the inputs' device.
+        Returns an :class:`FGVisResult` on the inputs' device.  Warns (:class:`MarginWarning`, once)
+        when rows of the deletion game start with a target-logit margin above
+        :func:`~retina_fgvis.fgvis.objective.margin_limit` of their lambda.
         """
         inputs = self._check_inputs(inputs)
         n, device = inputs.shape[0], inputs.device
         stop = check_stop(stop)
-        targets = self._check_target(target, n, device)
+        targets = check_target(target, n, device)
         if search not in ("sequential", "batched"):
             raise ValueError(f"search: {search!r} is not 'sequential' or 'batched'")
         searching = isinstance(lam, str)
@@ -261,6 +279,8 @@ class FGVis:
         reference = make_reference(
             self.reference, inputs, normalization=self.normalization,
             noise_std=self.noise_std, blur_sigma=self.blur_sigma, seed=self.seed + 1)
+        # Margin warning: rows over the limit, rows checked; a search checks its smallest lambda only.
+        self._margin_rows, self._margin_lam = [0, 0], min(grid) if searching else math.inf
 
         def run(row_image: torch.Tensor, row_lam: torch.Tensor) -> dict[str, torch.Tensor]:
             return self._run(inputs, reference, row_image, targets[row_image], row_lam, stop)
@@ -275,55 +295,18 @@ class FGVis:
                 rows = search_sequential(run, n, grid, device)
             else:
                 rows = search_batched(run, n, grid, device)
+        self._warn_margin()
         mask = rows["mask"]
         mean_mask = mask.mean(1, keepdim=True)
-        keep = GAMES[self.game][0]
         return FGVisResult(
-            mask=mask, mean_mask=mean_mask, importance=mean_mask if keep else 1 - mean_mask,
+            mask=mask, mean_mask=mean_mask, importance=mean_mask if self.spec.keeps_class else 1 - mean_mask,
             explanation=rows["explanation"], target=rows["target"], score=rows["score"],
             initial_score=rows["initial_score"], iterations=rows["iterations"], lam=rows["lam"],
             success=rows["success"], top_class=rows["top_class"])
 
     # ------------------------------------------------------------------ validation
     def _check_inputs(self, inputs) -> torch.Tensor:
-        check_inputs(inputs)
-        channels = self._expected_channels()
-        if channels is not None and inputs.shape[1] != channels:
-            raise ValueError(f"inputs: have {inputs.shape[1]} channels, the model expects {channels}")
-        param = next(self.model.parameters(), None)
-        if param is not None and param.device != inputs.device:
-            raise ValueError(f"inputs: are on {inputs.device}, the model on {param.device}")
-        return inputs.detach().clone() if inputs.is_inference() else inputs.detach()
-
-    def _expected_channels(self) -> int | None:
-        if self.normalization is not None:
-            return len(self.normalization[0])
-        first_conv = next((m for m in self.model.modules() if isinstance(m, nn.Conv2d)), None)
-        return None if first_conv is None else first_conv.in_channels
-
-    @staticmethod
-    def _check_target(target, n: int, device) -> torch.Tensor:
-        """N long targets; -1 stands for the clean image's top class (resolved per chunk)."""
-        if target is None:
-            return torch.full((n,), -1, dtype=torch.long, device=device)
-        if isinstance(target, bool) or (isinstance(target, torch.Tensor) and target.is_floating_point()):
-            raise TypeError(f"target: expected int class indices, got {target!r}")
-        if isinstance(target, int):
-            values = torch.full((n,), target, dtype=torch.long)
-        else:
-            try:
-                values = torch.as_tensor(target).reshape(-1)
-            except (TypeError, ValueError, RuntimeError):
-                raise TypeError(f"target: expected None, an int, or {n} ints") from None
-            if values.is_floating_point() or values.dtype == torch.bool:
-                raise TypeError(f"target: expected int class indices, got dtype {values.dtype}")
-            if values.numel() == 1:
-                values = values.expand(n)
-            if values.numel() != n:
-                raise ValueError(f"target: has {values.numel()} entries for {n} images")
-        if (values < 0).any():
-            raise ValueError(f"target: class indices must be >= 0, got {values.tolist()}")
-        return values.to(device=device, dtype=torch.long)
+        return check_model_inputs(self.model, inputs, self.normalization)
 
     @staticmethod
     def _check_lam(lam, n: int, device) -> torch.Tensor:
@@ -341,7 +324,22 @@ class FGVis:
             raise ValueError(f"lam: must be finite and >= 0, got {lam!r}")
         return values.to(device).clone()
 
+    def _warn_margin(self) -> None:
+        over, checked = self._margin_rows
+        if over:
+            warnings.warn(
+                f"{over} of {checked} rows start with a target-logit margin above the limit of their lambda "
+                f"(exp(-margin) < {MARGIN_FACTOR:g} * lambda): the {self.game} loss has effectively no gradient "
+                "left against the sparsity term, so these rows rarely meet a score stop; use a smaller lambda "
+                "(e.g. 0) or a less over-confident model", MarginWarning, stacklevel=3)
+
     # ------------------------------------------------------------------ optimisation
+    def _precision(self, device: torch.device) -> Precision:
+        cuda = device.type == "cuda"
+        return Precision(device.type,
+                         autocast=self.autocast if self.autocast is not None else cuda,
+                         channels_last=self.channels_last if self.channels_last is not None else cuda)
+
     def _forward_fn(self) -> nn.Module:
         if not self.compile:
             return self.model
@@ -352,14 +350,13 @@ class FGVis:
     def _run(self, inputs, reference, row_image, row_target, row_lam, stop) -> dict[str, torch.Tensor]:
         """Optimise rows (image ``row_image[r]`` with ``row_lam[r]``) in chunks of ``batch_size``."""
         total = len(row_image)
-        size = self.batch_size or (total if inputs.device.type == "cuda" else
-                                   max(1, _CPU_CHUNK_VALUES // inputs[0].numel()))
+        size = self.batch_size or default_rows(inputs, total)
         chunks = []
         bar = progress_bar(transient=True) if self.progress else contextlib.nullcontext()
         with bar:
             task = bar.add_task(f"FGVis {self.game}", total=total, status="") if self.progress else None
-            for start in range(0, total, size):
-                sl = slice(start, start + size)
+            for begin in range(0, total, size):
+                sl = slice(begin, begin + size)
                 images, local = torch.unique(row_image[sl], return_inverse=True)
                 chunks.append(self._optimise(
                     inputs[images], reference[images], local, row_target[sl], row_lam[sl], stop))
@@ -370,110 +367,62 @@ class FGVis:
     def _optimise(self, x_img, ref_img, local, target, lam, stop) -> dict[str, torch.Tensor]:
         """One chunk.  x_img, ref_img: n x C x H x W images; row r uses image ``local[r]``.
 
-        Early-stopped rows are frozen with ``torch.where`` (no host sync); every
-        ``check_every`` steps the host checks whether all rows are done and drops the finished
-        ones from the batch.
+        Early-stopped rows are frozen on the device (no host sync); every ``check_every`` steps the
+        host checks that every value is finite and whether all rows are done, and drops the
+        finished ones from the batch.
         """
-        device = x_img.device
-        cuda = device.type == "cuda"
-        use_autocast = self.autocast if self.autocast is not None else cuda
-        channels_last = self.channels_last if self.channels_last is not None else cuda
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        precision = self._precision(x_img.device)
         model = self._forward_fn()
-
-        def amp():
-            return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast)
-
-        # Clean pass: bounds of the defense, classes, initial scores.
-        filt = GradientFilter() if self.defense else None
-        with torch.no_grad(), amp(), (filt.record() if filt is not None else contextlib.nullcontext()):
-            logits = model(x_img.contiguous(memory_format=fmt))
-        if logits.dim() != 2 or logits.shape[0] != len(x_img):
-            raise ValueError(f"model: must return logits N x K, got shape {tuple(logits.shape)}")
-        if filt is not None and len(filt) == 0:
-            raise ValueError("defense: the model made no nonlinearity call, nothing to defend; "
-                             "pass defense=False to run undefended")
-        classes = logits.shape[1]
-        if (target >= classes).any():
-            raise ValueError(f"target: class indices must be < {classes} (the model's classes), "
-                             f"got {target.unique().tolist()}")
-        clean = torch.softmax(logits.float(), 1)[local]
-        target = torch.where(target < 0, clean.argmax(1), target)
-        initial_score = clean.gather(1, target[:, None])[:, 0]
-
-        keep = GAMES[self.game][0]
         rule = stop if stop is not None else FixedSteps(self.max_iter)
         steps = rule.steps if isinstance(rule, FixedSteps) else self.max_iter
-        early = rule.early and self.game in _EARLY_STOP_GAMES
+        early = rule.early and self.spec.stops_early
 
+        clean = clean_pass(model, x_img, local, target, precision, self.defense)
+        self._count_margins(clean.margin, lam)
+        fmt = precision.memory_format
         x = x_img[local].contiguous(memory_format=fmt)
         r = ref_img[local].contiguous(memory_format=fmt)
-        diff = x - r
-        rows = len(local)
-        start = initial_mask(self.game, x.shape[1:], self.seed)
-        m = start.to(device=device, dtype=x.dtype).expand_as(x).contiguous(memory_format=fmt)
-        lam = lam.to(x.dtype)
-        identity = rows == len(x_img) and torch.equal(local, torch.arange(rows, device=device))
-        row_filter = filt if filt is None or identity else filt.select(local)
+        rows = ActiveRows.start(x, r, clean, local, lam, self.spec, self.seed, precision, self.start)
+        out_mask = torch.empty_like(rows.m)
+        out_iters = torch.zeros(len(rows), dtype=torch.long, device=x.device)
 
-        out_mask = torch.empty_like(m)
-        out_iters = torch.zeros(rows, dtype=torch.long, device=device)
-        # Rows still optimised and their per-row state (shrinks when rows finish early).
-        active = torch.arange(rows, device=device)
-        t_act, lam_act, s0_act = target, lam, initial_score
-        done = torch.zeros(rows, dtype=torch.bool, device=device)
-        iters = torch.zeros(rows, dtype=torch.long, device=device)
-        dims = (1, 2, 3)
-        for step in range(steps):
-            m.requires_grad_(True)
-            with amp(), (row_filter.apply() if row_filter is not None else contextlib.nullcontext()):
-                logits = model(r + m * diff)
-            log_probs = torch.log_softmax(logits.float(), 1)
-            log_target = log_probs.gather(1, t_act[:, None])[:, 0]
-            if keep:
-                loss = -log_target + lam_act * m.sum(dims)
-            else:
-                loss = log_target.exp() + lam_act * (1 - m).sum(dims)
-            (grad,) = torch.autograd.grad(loss.sum(), m)
-            with torch.no_grad():
-                if early:
-                    done |= rule(log_probs.exp(), t_act, s0_act, keep)
-                scale = grad.abs().amax(dims, keepdim=True).clamp_min(torch.finfo(grad.dtype).tiny)
-                updated = (m - self.lr * grad / scale).clamp_(0, 1)
-                m = torch.where(done[:, None, None, None], m.detach(), updated)
-                iters += ~done
-            if early and (step + 1) % self.check_every == 0:
-                finished = int(done.sum())  # the only host sync of the loop
+        def retire(finished: torch.Tensor) -> None:
+            out_mask[rows.index[finished]] = rows.m[finished].detach()
+            out_iters[rows.index[finished]] = rows.iters[finished]
+
+        step = eager_step(model, self.spec, self.lr, rule, early, precision)
+        for i in range(steps):
+            step(rows)
+            if (i + 1) % self.check_every == 0:
+                rows.check_finite()
+                finished = int(rows.done.sum()) if early else 0  # with check_finite, the loop's host syncs
                 if finished:
-                    fin, left = done.nonzero()[:, 0], (~done).nonzero()[:, 0]
-                    out_mask[active[fin]] = m[fin]
-                    out_iters[active[fin]] = iters[fin]
-                    active = active[left]
-                    if finished == len(done):
+                    retire(rows.done.nonzero()[:, 0])
+                    if finished == len(rows):
                         break
-                    m, diff, r = m[left], diff[left], r[left]
-                    t_act, lam_act, s0_act = t_act[left], lam_act[left], s0_act[left]
-                    done, iters = done[left], iters[left]
-                    if row_filter is not None:
-                        row_filter = row_filter.select(left)
-        if len(active):
-            out_mask[active] = m.detach()
-            out_iters[active] = iters
+                    rows = rows.select((~rows.done).nonzero()[:, 0])
+        else:
+            rows.check_finite()
+            retire(torch.arange(len(rows), device=x.device))
+        result = final_evaluation(model, x, r, out_mask, clean.target, clean.initial_score, rule,
+                                  self.spec.keeps_class, precision)
+        result["iterations"] = out_iters
+        return result
 
-        # Final evaluation of every row (same precision as the optimisation, no defense needed:
-        # the forward pass is the unmodified model's).
-        r = ref_img[local].contiguous(memory_format=fmt)
-        explanation = x * out_mask + (1 - out_mask) * r
-        with torch.no_grad(), amp():
-            probs = torch.softmax(model(explanation).float(), 1)
-        success = rule(probs, target, initial_score, keep)
-        return {
-            "mask": out_mask.contiguous(),
-            "explanation": explanation.contiguous(),
-            "target": target,
-            "score": probs.gather(1, target[:, None])[:, 0],
-            "initial_score": initial_score,
-            "iterations": out_iters,
-            "success": success,
-            "top_class": probs.argmax(1),
-        }
+    def _count_margins(self, margin: torch.Tensor, lam: torch.Tensor) -> None:
+        """Count rows whose clean margin exceeds :func:`margin_limit` (games that drop the class from
+        e ~ x: the clean margin is the start's)."""
+        if self.spec.keeps_class or not self.spec.starts_at_image:
+            return
+        lam = lam.detach().double().cpu()
+        checked = lam <= self._margin_lam
+        over = (margin.detach().double().cpu() > margin_limit(lam)) & checked
+        self._margin_rows[0] += int(over.sum())
+        self._margin_rows[1] += int(checked.sum())
+
+
+def default_rows(inputs: torch.Tensor, total: int) -> int:
+    """Rows per chunk when ``batch_size`` is not given: all on CUDA, about 2**20 input values on the CPU."""
+    if inputs.device.type == "cuda":
+        return total
+    return max(1, _CPU_CHUNK_VALUES // inputs[0].numel())

@@ -44,6 +44,9 @@ class ScoreBelow(StopRule):
     def __call__(self, probs, target, initial_score, keep):
         return _target_score(probs, target) < self.threshold
 
+    def __str__(self) -> str:
+        return f"score < {self.threshold:g}"
+
 
 @dataclass(frozen=True)
 class RelativeScoreBelow(StopRule):
@@ -57,6 +60,9 @@ class RelativeScoreBelow(StopRule):
 
     def __call__(self, probs, target, initial_score, keep):
         return _target_score(probs, target) < self.fraction * initial_score
+
+    def __str__(self) -> str:
+        return f"score < {self.fraction:g} x clean score"
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,9 @@ class ClassShift(StopRule):
         top = probs.argmax(1)
         return top == target if keep else top != target
 
+    def __str__(self) -> str:
+        return "class shift"
+
 
 @dataclass(frozen=True)
 class FixedSteps(StopRule):
@@ -87,6 +96,9 @@ class FixedSteps(StopRule):
 
     def __call__(self, probs, target, initial_score, keep):
         return torch.ones_like(target, dtype=torch.bool)
+
+    def __str__(self) -> str:
+        return f"{self.steps} fixed steps"
 
 
 def check_stop(stop) -> StopRule | None:

@@ -80,9 +80,16 @@ def test_bad_stop_rule_values():
         ScoreBelow(1.5)
 
 
-def test_normalization_channels_must_match_inputs():
-    with pytest.raises(ValueError, match="^inputs:"):
-        FGVis(MODEL, normalization=((0.5,), (0.25,)), max_iter=1).attribute(X)
+@pytest.mark.parametrize("channels", [1, 2])
+def test_normalization_channels_must_match_inputs(channels):
+    """The inputs fit the model; the normalization is what is wrong, so it is blamed."""
+    with pytest.raises(ValueError, match="^normalization: has %d channels" % channels):
+        FGVis(MODEL, normalization=((0.5,) * channels, (0.25,) * channels), max_iter=1).attribute(X)
+
+
+def test_inputs_of_another_channel_count_than_the_model():
+    with pytest.raises(ValueError, match="^inputs: have 2 channels, the model expects 3"):
+        FGVis(MODEL, normalization=((0.5,) * 2, (0.25,) * 2), max_iter=1).attribute(X[:, :2])
 
 
 def test_inputs_on_another_device_than_the_model():
