@@ -93,6 +93,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     ground_truth = open_ground_truth(dataset, opened[0])
     scorers = [{setting: LocalizationScorer(tolerance) for setting in SETTINGS} for _ in opened]
     own_areas: list[list[float]] = [[] for _ in opened]
+    outcomes: list[list[bool]] = [[] for _ in opened]  # stop rule met, per image (FGVis runs only)
     for image_id, sample, maps, records in iter_scored_images(opened, ground_truth, common, progress, "comparing"):
         reference_area = None
         for index, (run, importance, record) in enumerate(zip(opened, maps, records)):
@@ -108,10 +109,12 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
             for setting, mask in masks.items():
                 scorers[index][setting].update(mask, sample.lesions)
             own_areas[index].append(area)
+            if record.get("success") is not None:
+                outcomes[index].append(bool(record["success"]))
 
     labels = _labels(opened)
     entries, sensitivity, rows = [], {}, []
-    for run, label, run_scorers, areas in zip(opened, labels, scorers, own_areas):
+    for run, label, run_scorers, areas, met in zip(opened, labels, scorers, own_areas, outcomes):
         summaries = {setting: run_scorers[setting].summary() for setting in SETTINGS}
         entries.append({
             "run": str(run.path.resolve()),
@@ -120,6 +123,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
             "threshold": run.config.get("threshold"),
             "area_fraction": sum(areas) / len(areas),
             "matched_area_fraction": sum(own_areas[0]) / len(own_areas[0]),
+            "n_success": sum(met) if met else None,  # explanations that met their stop rule
             **summaries,
         })
         sensitivity[label] = {
@@ -154,7 +158,9 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
     """A rich table: one row per lesion type, per method the lesion-level sensitivity at its own
     threshold, at matched area and the chance control (rotated own-threshold mask)."""
     reference = comparison["reference"]["method"]
-    table = Table(title=f"Lesion-level sensitivity (%), {comparison['n_images']} images",
+    met = "; ".join(f"{entry['label']}: stop met on {entry['n_success']}" for entry in comparison["runs"]
+                    if entry.get("n_success") is not None)
+    table = Table(title=f"Lesion-level sensitivity (%), {comparison['n_images']} images" + (f" ({met})" if met else ""),
                   caption=f"own = the method's threshold; matched = {reference}'s area per image; "
                           "chance = the rotated own-threshold mask")
     table.add_column("lesion type", no_wrap=True)

@@ -13,6 +13,9 @@ Protocol (stated in full in ``docs/evaluation.md``; the paper leaves it open):
   False-positive components: 8-connected components of ``B`` touching no lesion of any type, per image.
 * **Chance control.** The same binarized mask rotated about the image centre by a seeded random angle
   in [45°, 315°] (nearest neighbour), restricted to the FOV, scored the same way.
+* **Success.** For a method with a stop rule (FGVis), ``summary["success"]`` counts the explanations
+  that met it and repeats the lesion sensitivity (and its chance control) over those images only;
+  ``None`` for the baselines.
 
 The metrics are small stateful objects (``update`` per image, ``summary`` pooled, ``reset``).
 """
@@ -440,7 +443,10 @@ def score_run(run_dir: str | os.PathLike, dataset: Any = None, tolerance: int = 
     run = open_run(run_dir)
     ground_truth = open_ground_truth(dataset, run)
     scorer, chance_scorer = LocalizationScorer(tolerance), LocalizationScorer(tolerance)
-    rows, areas, probs, thresholds = [], [], [], set()
+    # The same scores over the explanations that met their stop rule only (FGVis): a failed deletion's
+    # mask is where the search ended, not evidence the model needed.
+    met_scorer, met_chance_scorer = LocalizationScorer(tolerance), LocalizationScorer(tolerance)
+    rows, areas, probs, thresholds, outcomes = [], [], [], set(), []
     for image_id, sample, (importance,), (record,) in iter_scored_images(
         [run], ground_truth, run.image_ids, progress, f"scoring {run.method}"
     ):
@@ -449,6 +455,11 @@ def score_run(run_dir: str | os.PathLike, dataset: Any = None, tolerance: int = 
         rotated, angle = chance_mask(detection, sample.fov, image_id, seed)
         per_type, fp = scorer.update(detection, sample.lesions)
         chance, _ = chance_scorer.update(rotated, sample.lesions)
+        success = record.get("success")
+        outcomes.append((success, record.get("iterations")))
+        if success:
+            met_scorer.update(detection, sample.lesions)
+            met_chance_scorer.update(rotated, sample.lesions)
         areas.append(area)
         thresholds.add(threshold)
         probs.append((record.get("prob_before", math.nan), record.get("prob_after", math.nan)))
@@ -463,6 +474,7 @@ def score_run(run_dir: str | os.PathLike, dataset: Any = None, tolerance: int = 
                 "prob_before": record.get("prob_before"),
                 "prob_after": record.get("prob_after"),
                 "iterations": record.get("iterations"),
+                "success": success,
                 "threshold": threshold,
                 "area_fraction": area,
                 "detected_pixels": int(detection.sum()),
@@ -470,12 +482,25 @@ def score_run(run_dir: str | os.PathLike, dataset: Any = None, tolerance: int = 
                 "chance_angle": angle,
             })
     frame = pd.DataFrame(rows)
-    for column in ("detected", "chance_detected"):
+    for column in ("detected", "chance_detected", "success"):
         frame[column] = frame[column].astype("boolean")
     atomic_write_csv(run.path / "per_image.csv", frame)
 
     prob_before, prob_after = (np.asarray(column, dtype=float) for column in zip(*probs))
     chance_summary = chance_scorer.summary()
+    judged = [(success, iterations) for success, iterations in outcomes if success is not None]
+    success_summary = None
+    if judged:  # a method with a stop rule (FGVis); baselines have none
+        met, met_chance = met_scorer.summary(), met_chance_scorer.summary()
+        n_success = sum(bool(success) for success, _ in judged)
+        success_summary = {
+            "n_success": n_success, "n_failed": len(judged) - n_success,
+            # already below the stop value: nothing deleted, an empty mask (counted as successes)
+            "n_below_at_start": sum(bool(success) and iterations == 0 for success, iterations in judged),
+            "stop_score": run.config.get("stop_score"),
+            "successful": {key: met[key] for key in ("lesion_sensitivity", "n_hit", "n_lesions")}
+            | {"chance_lesion_sensitivity": met_chance["lesion_sensitivity"]},
+        }
     summary = {
         "method": run.method,
         "run": str(run.path.resolve()),
@@ -490,6 +515,7 @@ def score_run(run_dir: str | os.PathLike, dataset: Any = None, tolerance: int = 
             "lesion_sensitivity", "n_hit", "pixel_sensitivity", "pixel_precision", "image_detection",
             "fp_components_per_image")} | {"min_angle": CHANCE_MIN_ANGLE},
         "rdr_probability": {"before": _nanmean(prob_before), "after": _nanmean(prob_after)},
+        "success": success_summary,
     }
     summary = nan_to_none(summary)
     atomic_write_json(run.path / "summary.json", summary)
@@ -509,14 +535,22 @@ def percent(value: Any, unit: bool = True) -> str:
 
 def summary_table(summary: Mapping[str, Any]) -> Table:
     """A rich table of one run's ``summary.json``: one row per lesion type, values in %."""
-    table = Table(title=f"{summary['method']}: {summary['n_images']} images, "
+    success = summary.get("success")
+    met = (f", stop met on {success['n_success']} of {success['n_success'] + success['n_failed']}"
+           if success else "")
+    table = Table(title=f"{summary['method']}: {summary['n_images']} images{met}, "
                         f"{percent(summary['area_fraction'])} of the FOV marked, "
                         f"{summary['fp_components_per_image']:.1f} false-positive components / image",
-                  caption="sens. = lesion-level sensitivity; chance = the rotated mask's; values in %")
+                  caption="sens. = lesion-level sensitivity; chance = the rotated mask's; "
+                          + ("sens. (met) = over the explanations that met the stop rule; " if success else "")
+                          + "values in %")
     table.add_column("lesion type", no_wrap=True)
-    for column in ("lesions", "hit", "sens.", "chance", "pixel sens.", "pixel prec.", "image det."):
+    columns = ["lesions", "hit", "sens.", "chance"] + (["sens. (met)", "chance (met)"] if success else [])
+    for column in columns + ["pixel sens.", "pixel prec.", "image det."]:
         table.add_column(column, justify="right")
     for lesion_type in summary["lesion_sensitivity"]:
+        met_cells = [percent(success["successful"][key][lesion_type], unit=False)
+                     for key in ("lesion_sensitivity", "chance_lesion_sensitivity")] if success else []
         table.add_row(
             lesion_type,
             str(summary["n_lesions"][lesion_type]),
@@ -524,6 +558,9 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
             *(percent(value, unit=False) for value in (
                 summary["lesion_sensitivity"][lesion_type],
                 summary["chance"]["lesion_sensitivity"][lesion_type],
+            )),
+            *met_cells,
+            *(percent(value, unit=False) for value in (
                 summary["pixel_sensitivity"][lesion_type],
                 summary["pixel_precision"][lesion_type],
                 summary["image_detection"][lesion_type],

@@ -44,7 +44,8 @@ th{background:#eef1f5} th.group{text-align:center}
 td:first-child,th:first-child{text-align:left}
 table.sortable th{cursor:pointer;user-select:none} table.sortable th:hover{background:#e1e6ee}
 th[aria-sort=ascending]::after{content:" ▲"} th[aria-sort=descending]::after{content:" ▼"}
-.muted{color:#98a1ad} .good{color:#0a7d32;font-weight:600}
+.muted{color:#98a1ad} .good{color:#0a7d32;font-weight:600} .failed{color:#b3261e;font-weight:600}
+tr.failed-row td{background:#fdf0ef}
 img.thumb{display:block;border-radius:4px;cursor:zoom-in;max-width:%(thumb)dpx;max-height:%(thumb)dpx}
 figure{margin:0} figcaption{font-size:0.8em;color:#5a6473;text-align:center}
 #lightbox{display:none;position:fixed;inset:0;background:rgba(10,14,20,.88);z-index:10;
@@ -163,10 +164,14 @@ def _cell(value: float | None, text: str | None = None, css: str = "") -> str:
 
 
 def _summary_html(summary: Mapping[str, Any]) -> str:
-    head = ("Lesion type", "Lesions", "Found", "Lesion sensitivity", "Chance (rotated)", "Pixel sensitivity",
-            "Pixel precision", "Images detected")
+    success = summary.get("success")
+    head = ("Lesion type", "Lesions", "Found", "Lesion sensitivity", "Chance (rotated)",
+            *(("Sensitivity, stop met", "Chance, stop met") if success else ()),
+            "Pixel sensitivity", "Pixel precision", "Images detected")
     rows = []
     for lesion_type in summary["lesion_sensitivity"]:
+        met = "".join(_cell(success["successful"][key][lesion_type])
+                      for key in ("lesion_sensitivity", "chance_lesion_sensitivity")) if success else ""
         sens, chance = summary["lesion_sensitivity"][lesion_type], summary["chance"]["lesion_sensitivity"][lesion_type]
         better = sens is not None and chance is not None and sens > chance
         rows.append(
@@ -174,7 +179,7 @@ def _summary_html(summary: Mapping[str, Any]) -> str:
             f"{escape(LESION_NAMES[lesion_type])}</td>"
             f"<td>{summary['n_lesions'][lesion_type]}</td><td>{summary['n_hit'][lesion_type]}</td>"
             + _cell(sens, css="good" if better else "")
-            + _cell(chance) + _cell(summary["pixel_sensitivity"][lesion_type])
+            + _cell(chance) + met + _cell(summary["pixel_sensitivity"][lesion_type])
             + _cell(summary["pixel_precision"][lesion_type]) + _cell(summary["image_detection"][lesion_type])
             + "</tr>"
         )
@@ -212,7 +217,9 @@ def _table(table_id: str, head, rows: list[str]) -> str:
 
 def _image_rows(run_dir: Path, frame: pd.DataFrame, lesion_types: list[str], others: list[tuple[str, Path]],
                 embed: bool) -> tuple[list[str], list[str]]:
-    head = ["Image", "RDR before", "RDR after", "Iterations", "Retina marked", "False-positive regions"]
+    judged = "success" in frame and frame["success"].notna().any()
+    head = ["Image", "RDR before", "RDR after", "Iterations"] + (["Stop met"] if judged else [])
+    head += ["Retina marked", "False-positive regions"]
     head += [LESION_NAMES.get(t, t) for t in lesion_types]
     head += ["Overlay"] + [f"{_display(label)} overlay" for label, _ in others]
     rows = []
@@ -220,8 +227,13 @@ def _image_rows(run_dir: Path, frame: pd.DataFrame, lesion_types: list[str], oth
         by_type = group.set_index("lesion_type")
         first = group.iloc[0]
         cells = [f"<td>{escape(str(image_id))}</td>", _cell(first["prob_before"]), _cell(first["prob_after"]),
-                 _cell(first["iterations"], f"{first['iterations']:.0f}" if pd.notna(first["iterations"]) else None),
-                 _cell(first["area_fraction"]), _cell(float(first["fp_components"]), f"{first['fp_components']:.0f}")]
+                 _cell(first["iterations"], f"{first['iterations']:.0f}" if pd.notna(first["iterations"]) else None)]
+        failed = judged and pd.notna(first["success"]) and not bool(first["success"])
+        if judged:
+            met = first["success"]
+            cells.append(_cell(None) if pd.isna(met) else
+                         _cell(float(bool(met)), "yes" if met else "no: not an explanation", "" if met else "failed"))
+        cells += [_cell(first["area_fraction"]), _cell(float(first["fp_components"]), f"{first['fp_components']:.0f}")]
         for lesion_type in lesion_types:
             row = by_type.loc[lesion_type] if lesion_type in by_type.index else None
             if row is None or int(row["n_lesions"]) == 0:
@@ -236,20 +248,29 @@ def _image_rows(run_dir: Path, frame: pd.DataFrame, lesion_types: list[str], oth
             alt = escape(f"{image_id} {label}".strip())
             cells.append(f'<td><figure><img class="thumb" src="{pictures[0]}" data-full="{pictures[1]}" '
                          f'alt="{alt}" loading="eager"></figure></td>')
-        rows.append("<tr>" + "".join(cells) + "</tr>")
+        rows.append(("<tr class=failed-row>" if failed else "<tr>") + "".join(cells) + "</tr>")
     return head, rows
 
 
-def _explanation(method: str, threshold: Any, stop_score: Any) -> str:
+def _explanation(method: str, threshold: Any, stop_score: Any, success: Mapping[str, Any] | None) -> str:
     share = percent(threshold) if isinstance(threshold, (int, float)) else "a fixed share"
     target = f"below {percent(stop_score)}" if isinstance(stop_score, (int, float)) else "to a low value"
     if method.lower().startswith("fgvis"):
+        n_met = success["n_success"] if success else 0
+        n_all = n_met + (success["n_failed"] if success else 0)
+        if success and success["n_failed"] == 0:
+            outcome = (f"On all {n_all} images it succeeded: deleting the pixels dropped the probability "
+                       f"{escape(target)}.")
+        else:
+            outcome = (f"It succeeded on {n_met} of {n_all} images. On the others (rows marked "
+                       "<i>not an explanation</i>) the probability stayed at or above the stop value: their "
+                       "highlights are where the search ended, not evidence the model needed.")
         what = ("<p><b>What the highlighted (cyan) pixels mean.</b> The screening model gives each photograph a "
-                "probability of referable diabetic retinopathy (RDR). FGVis found the pixels the model needed to "
-                "<i>delete</i> (replace by a neutral colour) to drop that RDR probability "
-                f"{escape(target)}, changing as little of the image as it could. The cyan regions are those pixels "
-                f"(deleted by at least {share} of the strongest deletion): the evidence the model relied on, "
-                "at pixel resolution.</p>")
+                "probability of referable diabetic retinopathy (RDR). FGVis searched for the pixels the model "
+                "needs to <i>delete</i> (replace by a neutral colour) to drop that RDR probability "
+                f"{escape(target)}, changing as little of the image as it could. {outcome} The cyan regions are "
+                f"the deleted pixels (deleted by at least {share} of the strongest deletion): on a successful "
+                "image, the evidence the model relied on, at pixel resolution.</p>")
     else:
         what = ("<p><b>What the highlighted (cyan) pixels mean.</b> The regions that the "
                 f"{escape(_display(method))} map "
@@ -308,7 +329,9 @@ def write_report(run_dir: str | os.PathLike, comparison: Mapping[str, Any] | str
     lesion_types = list(summary["lesion_sensitivity"])
     head, rows = _image_rows(run, frame, lesion_types, others, embed)
     before, after = summary.get("rdr_probability", {}).get("before"), summary.get("rdr_probability", {}).get("after")
-    facts = (f"{summary['n_images']} images · {percent(summary['area_fraction'])} of the retina highlighted on "
+    success = summary.get("success")
+    met = f" · stop met on {success['n_success']} of {success['n_success'] + success['n_failed']}" if success else ""
+    facts = (f"{summary['n_images']} images{met} · {percent(summary['area_fraction'])} of the retina highlighted on "
              f"average · {summary['fp_components_per_image']:.1f} false-positive regions per image · mean RDR "
              f"probability {percent(before)} before, {percent(after)} after deleting the highlights")
     parts = [
@@ -318,7 +341,8 @@ def write_report(run_dir: str | os.PathLike, comparison: Mapping[str, Any] | str
         f"<style>{_CSS % {'thumb': THUMB_SIZE}}</style></head><body><main>",
         f"<h1>Where the model looks: {escape(_display(summary['method']))} vs the experts' lesion markings</h1>",
         f'<p class="sub">{escape(facts)}</p>',
-        _explanation(summary["method"], summary.get("threshold"), _run_config(run).get("stop_score")),
+        _explanation(summary["method"], summary.get("threshold"), _run_config(run).get("stop_score"),
+                     summary.get("success")),
         "<h2>Legend</h2>", _legend(),
         "<h2>Lesions found, per type</h2>", _summary_html(summary),
     ]

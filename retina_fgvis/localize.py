@@ -10,7 +10,8 @@
                                    mean_mask   H×W float32      (fgvis only: channel mean of m)
     OUT/images/<id>/overlay.png    the experts' markings and the detection (binary ∩ FOV), full size
     OUT/images/<id>/overlay_thumb.png
-    OUT/images/<id>/record.json    image_id, method, prob_before, prob_after, iterations, lam, threshold, seconds
+    OUT/images/<id>/record.json    image_id, method, prob_before, prob_after, iterations, lam, success,
+                                   stop_score, threshold, seconds
 
 H×W is the classifier's input resolution. Every file is written atomically and ``record.json`` last,
 so an image is finished exactly when its ``record.json`` exists; a rerun skips finished images and a
@@ -24,8 +25,11 @@ FGVis (default) uses the paper's medical settings (supplementary A4.2): deletion
 fixed λ = 1e-10, SGD lr 0.25, stop as soon as the RDR softmax falls below 0.10, at most 500 steps,
 reference zero in the normalised input space; importance = 1 − mean mask (how much of each pixel was
 deleted), all zero for an image the model already scores below the stop value (nothing was deleted).
+``success`` says whether the explanation met that stop rule: a deletion that did not drop the RDR
+probability below the stop value has not explained the score, and its mask is only where the search
+ended. :func:`localize` warns (:class:`StopNotReachedWarning`, once per run) when most images fail.
 Grad-CAM and occlusion (:mod:`retina_fgvis.attribution`) explain the same class on the same inputs;
-for them ``prob_after``, ``iterations`` and ``lam`` are ``null``.
+for them ``prob_after``, ``iterations``, ``lam``, ``success`` and ``stop_score`` are ``null``.
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +53,7 @@ from retina_fgvis.binarize import PAPER_THRESHOLD, binarize_relative, check_thre
 from retina_fgvis.checks import check_int
 from retina_fgvis.runtime import progress_bar, resolve_device
 
-__all__ = ["LocalizeConfig", "localize", "run_complete", "shard_batches", "parse_shard", "open_dataset",
+__all__ = ["LocalizeConfig", "localize", "StopNotReachedWarning", "run_complete", "shard_batches", "parse_shard", "open_dataset",
            "METHODS", "DATASETS", "SPLITS"]
 
 METHODS = ("fgvis", "gradcam", "occlusion")
@@ -59,6 +64,10 @@ _RUNTIME_KEYS = ("out", "device", "shard", "progress")
 # Recorded in run.json but not compared: shards on other machines see other paths. The checkpoint is
 # identified by its SHA-256 and the data by its image ids.
 _PATH_KEYS = ("checkpoint", "data_dir")
+
+
+class StopNotReachedWarning(UserWarning):
+    """Most FGVis explanations of a localize run did not reach the stop value (see ``retina-fgvis diagnose``)."""
 
 
 @dataclass
@@ -132,6 +141,7 @@ class _Explanation:
     prob_after: torch.Tensor | None = None        # N
     iterations: torch.Tensor | None = None        # N
     lam: torch.Tensor | None = None               # N
+    success: torch.Tensor | None = None           # N bool, the stop rule holds on the explanation
     mask: torch.Tensor | None = None              # N×3×H×W
     mean_mask: torch.Tensor | None = None         # N×1×H×W
 
@@ -272,7 +282,7 @@ def _explainer(config: LocalizeConfig, classifier) -> Callable[[torch.Tensor, in
             return _Explanation(
                 importance=importance.detach().cpu(), prob_before=result.initial_score.detach().cpu(),
                 prob_after=result.score.detach().cpu(), iterations=result.iterations.detach().cpu(),
-                lam=result.lam.detach().cpu(), mask=result.mask.detach().cpu(),
+                lam=result.lam.detach().cpu(), success=result.success.detach().cpu(), mask=result.mask.detach().cpu(),
                 mean_mask=result.mean_mask.detach().cpu())
         return explain
 
@@ -317,6 +327,8 @@ def _write_image(folder: Path, image_id: str, sample, explanation: _Explanation,
         "prob_after": _value(explanation.prob_after, row, float),
         "iterations": _value(explanation.iterations, row, int),
         "lam": _value(explanation.lam, row, float),
+        "success": _value(explanation.success, row, bool),
+        "stop_score": float(config.stop_score) if explanation.success is not None else None,
         "threshold": float(config.threshold),
         "seconds": round(seconds, 4),
     })
@@ -380,4 +392,18 @@ def localize(config: LocalizeConfig) -> Path:
             done += len(pending)
             rate = done / (time.perf_counter() - started)
             bar.update(task, advance=len(pending), status=f"{rate:.2f} img/s")
+    if config.method == "fgvis":
+        _warn_if_most_failed(out, [image_id for batch in batches for image_id in batch], config.stop_score)
     return out
+
+
+def _warn_if_most_failed(out: Path, image_ids: list[str], stop_score: float) -> None:
+    """One :class:`StopNotReachedWarning` when more than half of this process's images missed the stop."""
+    outcomes = [json.loads((out / "images" / i / "record.json").read_text(encoding="utf-8")).get("success")
+                for i in image_ids]
+    failed = sum(outcome is False for outcome in outcomes)
+    if failed * 2 > len(outcomes):
+        warnings.warn(StopNotReachedWarning(
+            f"{failed} of {len(outcomes)} FGVis explanations did not bring P(RDR) below {stop_score:g}: their masks "
+            "explain nothing; run `retina-fgvis diagnose` on this checkpoint to see whether the defense starves "
+            "the gradient or the reference already scores above the stop value"), stacklevel=3)

@@ -106,8 +106,10 @@ def test_run_folder_holds_every_per_image_output(runs, trained_checkpoint):
         assert record["image_id"] == folder.name and record["method"] == "fgvis"
         assert 0 <= record["prob_after"] <= 1 and 0 <= record["iterations"] <= FGVIS_STEPS
         assert record["lam"] == FGVIS_LAM and record["threshold"] == 0.04
+        assert record["stop_score"] == 0.10
+        assert record["success"] is (record["prob_after"] < 0.10)  # the stop rule, judged on the final score
         if record["iterations"] < FGVIS_STEPS:  # stopped early: the paper's stop rule was met
-            assert record["prob_after"] < 0.10 or record["iterations"] == 0
+            assert record["success"]
         assert cv2.imread(str(folder / "overlay.png")).shape == (128, 128, 3)
         assert (folder / "overlay_thumb.png").is_file()
 
@@ -115,9 +117,20 @@ def test_run_folder_holds_every_per_image_output(runs, trained_checkpoint):
 def test_baseline_records_have_no_fgvis_fields(runs):
     record = json.loads(next((runs["gradcam"] / "images").glob("*/record.json")).read_text())
     assert record["method"] == "gradcam" and record["prob_after"] is None and record["iterations"] is None
+    assert record["success"] is None and record["stop_score"] is None  # no stop rule to meet
     with np.load(next((runs["gradcam"] / "images").glob("*/maps.npz"))) as maps:
         assert set(maps.files) == {"importance", "binary"}
         assert 0 <= maps["importance"].min() and maps["importance"].max() <= 1
+
+
+def test_a_run_where_most_images_fail_warns_once(synthetic_data, trained_checkpoint, tmp_path):
+    with pytest.warns(localize_module.StopNotReachedWarning, match="diagnose") as caught:
+        out = localize(_config(synthetic_data, trained_checkpoint, tmp_path / "one-step", max_iter=1))
+    assert len([w for w in caught if w.category is localize_module.StopNotReachedWarning]) == 1
+    summary = score_run(out)
+    outcomes = [json.loads(r.read_text())["success"] for r in (out / "images").glob("*/record.json")]
+    assert summary["success"]["n_failed"] == outcomes.count(False) > len(outcomes) / 2
+    assert summary["success"]["n_success"] == outcomes.count(True)
 
 
 def test_occlusion_runs_through_the_same_pipeline(synthetic_data, trained_checkpoint, tmp_path):

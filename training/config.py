@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retina_fgvis.checks import check_int
+from retina_fgvis.models.fundus_cnn import LAYOUTS
 
 __all__ = ["DATASETS", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "TrainConfig"]
 
@@ -16,8 +17,10 @@ DATASETS = ("eyepacs", "synthetic")
 #: Synthetic: small and fast enough to reach validation AUC >= 0.95 within minutes on 2 CPU cores.
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "eyepacs": {"epochs": 60, "image_size": 512, "batch_size": 32, "lr": 1e-3, "width": 32},
-    "synthetic": {"epochs": 8, "image_size": 256, "batch_size": 16, "lr": 2e-3, "width": 8},
+    "synthetic": {"epochs": 24, "image_size": 256, "batch_size": 16, "lr": 3e-3, "width": 16},
 }
+
+_NETWORK_OPTIONS = ("activation", "batch_norm", "downsample")
 
 #: Settings a resumed run takes from the new configuration; everything else comes from the run folder.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "tensorboard", "progress")
@@ -35,6 +38,10 @@ class TrainConfig:
         epochs, image_size, batch_size, lr, width: ``None`` takes :data:`DATASET_DEFAULTS`.
         weight_decay: AdamW weight decay.
         dropout: dropout before the linear head.
+        label_smoothing: cross-entropy label smoothing; bounds the logit margin the classifier learns.
+        layout: FundusCNN layout (``"plain"``: one 3×3 stride-1 convolution per stage; ``"compact"``: the
+            same with o_O's 5×5 stride-2 stem; ``"o_O"``: Net A's 13 convolutions).
+        network_options: further FundusCNN keyword arguments (``activation``, ``batch_norm``, ``downsample``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``... (under torchrun: the local GPU).
         resume: continue ``out/last.pt`` at the next epoch.
         seed: seeds the split, the augmentation and the weights.
@@ -60,6 +67,9 @@ class TrainConfig:
     width: int | None = None
     weight_decay: float = 1e-4
     dropout: float = 0.5
+    label_smoothing: float = 0.0
+    layout: str = "plain"
+    network_options: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     resume: bool = False
     seed: int = 0
@@ -102,6 +112,14 @@ class TrainConfig:
             raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {config.val_fraction!r}")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {config.dropout!r}")
+        if not 0.0 <= config.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing: expected a value in [0, 0.5), got {config.label_smoothing!r}")
+        config.network_options = dict(config.network_options)
+        if config.layout not in LAYOUTS:
+            raise ValueError(f"layout: expected one of {list(LAYOUTS)}, got {config.layout!r}")
+        unknown = sorted(set(config.network_options) - set(_NETWORK_OPTIONS))
+        if unknown:
+            raise ValueError(f"network_options: unknown {unknown}; expected some of {list(_NETWORK_OPTIONS)}")
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,4 +131,6 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Inverse of :meth:`to_dict`; unknown keys are ignored so older run folders still load."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in values.items() if key in names})
+        values = {key: value for key, value in values.items() if key in names}
+        values.setdefault("layout", "o_O")  # runs from before layouts had names trained the o_O one
+        return cls(**values)

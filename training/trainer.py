@@ -189,7 +189,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     seed_everything(config.seed)
     if payload is None:
-        network = FundusCNN(width=config.width, dropout=config.dropout)
+        network = FundusCNN(width=config.width, dropout=config.dropout, layout=config.layout,
+                            **config.network_options)
     else:  # the architecture (and any mismatch with its weights) comes from the checkpoint itself
         network = model_from_checkpoint(payload, paths["last"])
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -214,7 +215,8 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         network = nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
     amp = config.amp and device.type == "cuda"
-    loss_function = nn.CrossEntropyLoss(weight=_class_weights(train_rows["label"]).to(device))
+    loss_function = nn.CrossEntropyLoss(weight=_class_weights(train_rows["label"]).to(device),
+                                        label_smoothing=config.label_smoothing)
     epoch_length = len(train_loader) if config.steps_per_epoch is None else min(config.steps_per_epoch,
                                                                                 len(train_loader))
 

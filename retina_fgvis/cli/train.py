@@ -17,6 +17,12 @@ class DatasetChoice(str, Enum):
     synthetic = "synthetic"
 
 
+class LayoutChoice(str, Enum):
+    plain = "plain"
+    compact = "compact"
+    o_O = "o_O"
+
+
 @app.command("train")
 def train_command(
     out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, metrics.csv, split.csv, run.json)."),
@@ -24,13 +30,18 @@ def train_command(
                                           help="eyepacs: a Kaggle EyePACS folder; synthetic: the built-in set."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (synthetic: where the set is "
                                             "generated or reused; default OUT/synthetic)."),
-    epochs: Optional[int] = typer.Option(None, help="Epochs (default: eyepacs 60, synthetic 8)."),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (default: eyepacs 60, synthetic 24)."),
     image_size: Optional[int] = typer.Option(None, help="Input size in px (default: eyepacs 512, synthetic 256)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch and process (default: eyepacs 32, "
                                              "synthetic 16)."),
     lr: Optional[float] = typer.Option(None, help="Peak AdamW learning rate, cosine-annealed (default: eyepacs 1e-3, "
-                                       "synthetic 2e-3)."),
-    width: Optional[int] = typer.Option(None, help="Channels of the first stage (default: eyepacs 32, synthetic 8)."),
+                                       "synthetic 3e-3)."),
+    width: Optional[int] = typer.Option(None, help="Channels of the first stage (default: eyepacs 32, synthetic 16)."),
+    layout: LayoutChoice = typer.Option(LayoutChoice.plain, "--layout",
+                                        help="plain: one 3×3 stride-1 convolution per stage (FGVis's defended "
+                                        "deletion reaches its stop most often; docs/defense.md); compact: the same "
+                                        "with o_O's 5×5 stride-2 stem; o_O: Net A's 13 convolutions."),
+    label_smoothing: float = typer.Option(0.0, "--label-smoothing", help="Cross-entropy label smoothing."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.pt at the next epoch."),
     seed: int = typer.Option(0, help="Seed for split, weights and augmentation."),
@@ -41,13 +52,14 @@ def train_command(
                                           "(default 800)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
-    """Train the o_O-style fundus CNN (RDR vs non-RDR) with MONAI; works under torchrun for several GPUs."""
+    """Train the fundus CNN (RDR vs non-RDR) with MONAI; works under torchrun for several GPUs."""
     from retina_fgvis.training import TrainConfig, train
 
     console = Console()
     synthetic = {"n_train": n_train} if n_train is not None else {}
     config = TrainConfig(dataset=dataset.value, data_dir=data_dir, out=out, epochs=epochs, image_size=image_size,
-                         batch_size=batch_size, lr=lr, width=width, device=device, resume=resume, seed=seed,
+                         batch_size=batch_size, lr=lr, width=width, layout=layout.value,
+                         label_smoothing=label_smoothing, device=device, resume=resume, seed=seed,
                          workers=workers, tensorboard=tensorboard, graham=graham, progress=progress, **synthetic)
     try:
         result = train(config)

@@ -108,6 +108,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if payload["arch"] not in ARCHITECTURES:
         raise CheckpointError(f"checkpoint {path}: architecture {payload['arch']!r} is not one of "
                               f"{sorted(ARCHITECTURES)}")
+    if payload["arch"] == "FundusCNN" and "layout" not in payload["arch_kwargs"]:
+        # FundusCNN had one layout before layouts had names: the 13-convolution o_O one.
+        payload["arch_kwargs"] = {**payload["arch_kwargs"], "layout": "o_O"}
+        if "arch_kwargs" in payload["meta"]:
+            payload["meta"]["arch_kwargs"] = payload["arch_kwargs"]
     return payload
 
 

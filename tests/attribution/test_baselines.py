@@ -53,7 +53,8 @@ def test_user_model_is_left_untouched(name, spot_model, spot_images):
 def test_default_target_layer_reads_the_last_conv_block():
     assert default_target_layer(nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))) == "0"
     from retina_fgvis.models.fundus_cnn import FundusCNN
-    assert default_target_layer(FundusCNN(width=2)) == "features.4.1"
+    assert default_target_layer(FundusCNN(width=2)) == "features.4.0"
+    assert default_target_layer(FundusCNN(width=2, layout="o_O")) == "features.4.1"
     with pytest.raises(ValueError, match="Conv2d"):
         default_target_layer(nn.Sequential(nn.Flatten(), nn.Linear(3, 2)))
 

@@ -88,17 +88,23 @@ def blurry_maps() -> dict[str, np.ndarray]:
 
 
 def _make_run(folder: Path, method: str, maps: dict[str, np.ndarray], threshold: float = 0.04,
-              dataset: FakeDiaretDB1 | None = None) -> Path:
-    """Write a run folder in ``retina_fgvis.localize``'s layout (overlays only when ``dataset`` is given)."""
+              dataset: FakeDiaretDB1 | None = None, failed: tuple[str, ...] = ()) -> Path:
+    """Write a run folder in ``retina_fgvis.localize``'s layout (overlays only when ``dataset`` is given).
+
+    FGVis images meet the stop rule (P(RDR) 0.05 < 0.10) except those in ``failed`` (they end at 0.6).
+    """
     write_run_info(folder, {"method": method, "checkpoint": "model.pt", "dataset": "diaretdb1",
                             "data_dir": str(folder / "no-data"), "split": "test", "threshold": threshold})
     for index, (image_id, importance) in enumerate(maps.items()):
         out = folder / "images" / image_id
         binary = importance >= threshold * importance.max()
         atomic_save_npz(out / "maps.npz", importance=importance, binary=binary)
+        success = None if method != "fgvis" else image_id not in failed
         atomic_write_json(out / "record.json", {
-            "image_id": image_id, "method": method, "prob_before": 0.9 - 0.1 * index, "prob_after": 0.05,
-            "iterations": 40 + index, "lam": 1e-10, "threshold": threshold, "seconds": 0.1})
+            "image_id": image_id, "method": method, "prob_before": 0.9 - 0.1 * index,
+            "prob_after": 0.6 if image_id in failed else 0.05, "iterations": 500 if image_id in failed else 40 + index,
+            "lam": 1e-10, "success": success, "stop_score": 0.1 if success is not None else None,
+            "threshold": threshold, "seconds": 0.1})
         if dataset is not None:
             sample = dataset.samples[image_id]
             overlay = overlay_lesions(sample.image, sample.lesions, binary)
@@ -109,5 +115,5 @@ def _make_run(folder: Path, method: str, maps: dict[str, np.ndarray], threshold:
 
 @pytest.fixture
 def make_run():
-    """Factory: ``make_run(folder, method, maps, threshold=0.04, dataset=None) -> folder``."""
+    """Factory: ``make_run(folder, method, maps, threshold=0.04, dataset=None, failed=()) -> folder``."""
     return _make_run

@@ -15,6 +15,7 @@ from retina_fgvis.evaluation.localization import (
     chance_mask,
     lesion_hits,
     score_run,
+    summary_table,
 )
 from retina_fgvis.datasets import LESION_TYPES
 
@@ -24,6 +25,7 @@ SUMMARY_KEYS = {
     "method", "run", "n_images", "n_unfinished", "threshold", "tolerance", "seed", "area_fraction",
     "lesion_sensitivity", "n_lesions", "n_hit", "pixel_sensitivity", "pixel_precision",
     "image_detection", "n_images_with_lesions", "fp_components_per_image", "chance", "rdr_probability",
+    "success",
 }
 
 
@@ -158,3 +160,24 @@ def test_bad_inputs_name_the_argument_or_file(tmp_path, scene, fgvis_maps, make_
         record.unlink()
     with pytest.raises(RunFolderError, match="no finished images"):
         score_run(unfinished, scene)
+
+
+def test_failed_explanations_are_counted_and_scored_apart(tmp_path, scene, fgvis_maps, make_run):
+    run = make_run(tmp_path / "fgvis", "fgvis", fgvis_maps, failed=("image001",))
+    summary = score_run(run, scene)
+    assert summary["success"]["n_success"] == 1 and summary["success"]["n_failed"] == 1
+    assert summary["success"]["n_below_at_start"] == 0 and summary["success"]["stop_score"] is None  # not in run.json
+    # over all images image001's hard exudate counts; over the successful ones (image002 only) there is none
+    assert summary["lesion_sensitivity"]["hard_exudates"] == 0.5
+    assert summary["success"]["successful"]["n_lesions"]["hard_exudates"] == 0
+    assert summary["success"]["successful"]["lesion_sensitivity"]["hard_exudates"] is None
+    table = pd.read_csv(run / "per_image.csv")
+    assert dict(zip(table.image_id, table.success)) == {"image001": False, "image002": True}
+    printed = summary_table(summary)
+    assert "stop met on 1 of 2" in printed.title and "sens. (met)" in [c.header for c in printed.columns]
+
+
+def test_baselines_have_no_stop_rule_to_count(tmp_path, scene, blurry_maps, make_run):
+    summary = score_run(make_run(tmp_path / "gradcam", "gradcam", blurry_maps), scene)
+    assert summary["success"] is None
+    assert pd.read_csv(tmp_path / "gradcam" / "per_image.csv")["success"].isna().all()

@@ -98,3 +98,17 @@ def test_report_renders_in_headless_chromium(tmp_path, scored):
     pixels = cv2.imread(str(shot))
     assert pixels is not None and pixels.shape[:2] == (1600, 1200)
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200   # not blank
+
+
+def test_report_marks_failed_explanations_and_claims_no_drop(tmp_path, scene, fgvis_maps, make_run):
+    run = make_run(tmp_path / "fgvis", "fgvis", fgvis_maps, dataset=scene, failed=("image001",))
+    score_run(run, scene)
+    html = write_report(run).read_text(encoding="utf-8")
+    assert "stop met on 1 of 2" in html and "It succeeded on 1 of 2 images" in html
+    assert html.count("<tr class=failed-row>") == 1 and "no: not an explanation" in html
+    assert "On all" not in html
+
+
+def test_report_of_all_successful_run_says_so(scored):
+    html = write_report(scored[0]).read_text(encoding="utf-8")
+    assert "On all 2 images it succeeded" in html and "failed-row>" not in html

@@ -25,7 +25,9 @@ def test_round_trip_gives_the_same_outputs(saved):
     clf = load_classifier(path)
     x = torch.randn(2, 3, 32, 32)
     assert not clf.model.training
-    assert clf.model.arch_kwargs == {"width": 4, "num_classes": 2, "in_channels": 3, "dropout": 0.25}
+    assert clf.model.arch_kwargs == {"width": 4, "num_classes": 2, "in_channels": 3, "dropout": 0.25,
+                                     "layout": "plain", "activation": "leaky_relu", "batch_norm": True,
+                                     "downsample": "pool"}
     with torch.no_grad():
         torch.testing.assert_close(clf.model(x), model(x))
     assert clf.meta["arch"] == "FundusCNN" and clf.meta["image_size"] == 32
@@ -58,6 +60,21 @@ def test_failed_save_keeps_the_previous_file(saved):
         save_checkpoint(path, model, {"image_size": 32})
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
+
+
+def test_checkpoint_from_before_layouts_loads_the_o_o_network(tmp_path):
+    torch.manual_seed(0)
+    model = FundusCNN(width=4, layout="o_O").eval()
+    path = save_checkpoint(tmp_path / "old.pt", model, META)
+    payload = torch.load(path, weights_only=False)
+    payload["arch_kwargs"] = {key: payload["arch_kwargs"][key] for key in ("width", "num_classes", "in_channels",
+                                                                           "dropout")}
+    torch.save(payload, path)
+    clf = load_classifier(path)
+    assert clf.model.arch_kwargs["layout"] == "o_O"
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(clf.model(x), model(x))
 
 
 def test_missing_file(tmp_path):

@@ -14,21 +14,42 @@ def test_logits_shape_for_input_sizes(size):
     assert torch.isfinite(logits).all()
 
 
-def test_defaults_build_the_o_o_width_binary_classifier():
-    model = FundusCNN().eval()
-    assert model.arch_kwargs == {"width": 32, "num_classes": 2, "in_channels": 3, "dropout": 0.5}
+def _layers(model, kind):
+    return [m for m in model.modules() if isinstance(m, kind)]
+
+
+@pytest.mark.parametrize("layout, calls", [("plain", 5), ("compact", 5), ("o_O", 13)])
+def test_layouts_build_binary_classifiers_with_their_number_of_defended_calls(layout, calls):
+    model = FundusCNN(layout=layout).eval()
+    assert model.arch_kwargs == {"width": 32, "num_classes": 2, "in_channels": 3, "dropout": 0.5, "layout": layout,
+                                 "activation": "leaky_relu", "batch_norm": True, "downsample": "pool"}
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 2)
-    leaky = [m for m in model.modules() if isinstance(m, torch.nn.LeakyReLU)]
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert len(convs) == len(norms) == len(leaky) == 13
+    leaky, convs = _layers(model, torch.nn.LeakyReLU), _layers(model, torch.nn.Conv2d)
+    assert len(convs) == len(_layers(model, torch.nn.BatchNorm2d)) == len(leaky) == calls
     assert all(m.negative_slope == 0.01 for m in leaky)
-    assert {m.kernel_size for m in convs} == {(5, 5), (3, 3)}
+    stem = {(5, 5), (3, 3)} if layout != "plain" else {(3, 3)}
+    assert {m.kernel_size for m in convs} == stem
+    assert [m.stride for m in convs[:1]] == ([(2, 2)] if layout != "plain" else [(1, 1)])
+
+
+def test_default_layout_is_plain():
+    assert FundusCNN().arch_kwargs["layout"] == "plain"
+
+
+def test_network_options_change_the_trunk():
+    plain = FundusCNN(width=4, activation="relu", batch_norm=False, downsample="stride").eval()
+    assert not _layers(plain, torch.nn.LeakyReLU) and len(_layers(plain, torch.nn.ReLU)) == 5
+    assert not _layers(plain, torch.nn.BatchNorm2d) and not _layers(plain, torch.nn.MaxPool2d)
+    assert all(conv.bias is not None for conv in _layers(plain, torch.nn.Conv2d))
+    with torch.no_grad():
+        assert plain(torch.randn(2, 3, 64, 64)).shape == (2, 2)
 
 
 @pytest.mark.parametrize("kwargs, name", [({"width": 0}, "width"), ({"num_classes": 1}, "num_classes"),
-                                          ({"dropout": 1.0}, "dropout"), ({"width": 2.5}, "width")])
+                                          ({"dropout": 1.0}, "dropout"), ({"width": 2.5}, "width"),
+                                          ({"layout": "deep"}, "layout"), ({"activation": "gelu"}, "activation"),
+                                          ({"downsample": "avg"}, "downsample")])
 def test_bad_arguments_name_the_argument(kwargs, name):
     with pytest.raises(ValueError, match=name):
         FundusCNN(**kwargs)
