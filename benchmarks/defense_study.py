@@ -12,7 +12,9 @@ Row columns: val AUC (best epoch), confident positives (P ≥ 0.5), defended-del
 successful explanations, lesion sensitivity of the binarized masks of the successful explanations
 vs the same masks rotated (the chance control of ``evaluate``), the share of non-RDR test images
 (ground truth) already below 0.10, P(RDR) of the zero reference, and the defense diagnostic's
-median cosine between defended and undefended mask gradients at step 0.
+median cosine between defended and undefended mask gradients at step 0 and after 20 steps (rows
+that stopped earlier keep their last mask). Also the median target-logit margin of the successful and
+the failed explanations.
 
     python benchmarks/defense_study.py --out runs/defense-study            # the documented study
     python benchmarks/defense_study.py --out /tmp/s --quick                 # a smoke run (minutes)
@@ -123,7 +125,8 @@ def evaluate(checkpoint: Path, data: Path, row: Row, size: int) -> dict:
     if not len(confident):  # nothing to explain: the model calls no test image RDR
         return {**measured, "success": 0, "success_rate": float("nan"), "median_iterations": None,
                 "median_area": None, "sensitivity": {k: None for k in LESION_TYPES},
-                "chance": {k: None for k in LESION_TYPES}, "cosine_step0": None, "margin": None}
+                "chance": {k: None for k in LESION_TYPES}, "cosine_step0": None, "cosine_step20": None,
+                "margin": None}
     with torch.no_grad():
         logits = model(x[confident])
     margin = (logits[:, 1] - logits[:, 0]).numpy()
@@ -144,7 +147,7 @@ def evaluate(checkpoint: Path, data: Path, row: Row, size: int) -> dict:
         for lesion in LESION_TYPES:
             fgvis_hits[lesion].update(detection, sample.lesions[lesion])
             chance_hits[lesion].update(rotated, sample.lesions[lesion])
-    diagnosis = diagnose_defense(model, x[confident], target=1, lr=row.lr, lam=LAM, steps=(0,),
+    diagnosis = diagnose_defense(model, x[confident], target=1, lr=row.lr, lam=LAM, steps=(0, 20),
                                  normalization=classifier.normalization, start=row.start)
     iterations = result.iterations.numpy()
     return {
@@ -153,7 +156,8 @@ def evaluate(checkpoint: Path, data: Path, row: Row, size: int) -> dict:
         "median_area": float(np.median(np.array(areas)[success])) if success.any() else None,
         "sensitivity": {lesion: fgvis_hits[lesion].summary() for lesion in LESION_TYPES},
         "chance": {lesion: chance_hits[lesion].summary() for lesion in LESION_TYPES},
-        "cosine_step0": float(diagnosis.cosine[:, 0].median()),
+        "cosine_step0": float(diagnosis.cosine[:, 0].nanmedian()),
+        "cosine_step20": float(diagnosis.cosine[:, 1].nanmedian()),
         # target-logit margin of the successful and the failed explanations (median)
         "margin": {"success": float(np.median(margin[success])) if success.any() else None,
                    "failed": float(np.median(margin[~success])) if (~success).any() else None},
@@ -172,7 +176,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         sens = ", ".join(f"{_pct(r['sensitivity'][k])}/{_pct(r['chance'][k])}" for k in short)
         iters = "–" if r["median_iterations"] is None else f"{r['median_iterations']:.0f}"
-        cosine = "–" if r["cosine_step0"] is None else f"{r['cosine_step0']:.2f}"
+        cosine = " | ".join("–" if r.get(key) is None else f"{r[key]:.2f}" for key in ("cosine_step0", "cosine_step20"))
         lines.append(f"| {r['size']} | {r['row'].strip()} | {r['val_auc']:.3f} | {r['success']}/{r['positives']} "
                      f"({_pct(r['success_rate'])}) | {iters} | {_pct(r['median_area'])} | {sens} | "
                      f"{_pct(r['non_rdr_below_stop'])} of {r['non_rdr']} | {r['reference_score']:.2f} | {cosine} |")

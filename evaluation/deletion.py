@@ -303,10 +303,12 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
             target = probs.argmax(dim=1)
             for method in methods:
                 began = time.perf_counter()
+                success = [None] * len(x)  # the explanation met its stop rule (FGVis only)
                 if method == "fgvis":
-                    importance = fgvis_deletion(model.model, x, normalization=model.normalization,
-                                                reference=substrate, lr=lr, max_iter=max_iter, lam_grid=lam_grid,
-                                                stop_fraction=stop_fraction, target=target, seed=seed).importance
+                    result = fgvis_deletion(model.model, x, normalization=model.normalization,
+                                            reference=substrate, lr=lr, max_iter=max_iter, lam_grid=lam_grid,
+                                            stop_fraction=stop_fraction, target=target, seed=seed)
+                    importance, success = result.importance, result.success.tolist()
                 elif method == "gradcam":
                     importance = GradCAM(model.model, target_layer=model.cam_layer).attribute(x, target=target)
                 elif method == "occlusion":
@@ -324,7 +326,7 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
                                  "p_clean": float(probs[row, target[row]]),
                                  "deletion_auc": float(aucs["deletion"][row]),
                                  "insertion_auc": float(aucs["insertion"][row]),
-                                 "substrate": substrate, "seconds": seconds})
+                                 "success": success[row], "substrate": substrate, "seconds": seconds})
             advance()
     frame = pd.DataFrame(rows)
     frame.attrs["curves"] = _curve_table(metrics)
@@ -342,11 +344,14 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
 
 
 def summarize_deletion(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per method: number of images and mean ± std of the deletion and insertion AUCs."""
+    """Per method: number of images, how many explanations met their stop rule (FGVis; empty for the
+    others) and mean ± std of the deletion and insertion AUCs."""
     grouped = frame.groupby("method", sort=False)
     table = grouped[["deletion_auc", "insertion_auc"]].agg(["mean", "std"])
     table.columns = [f"{metric}_{stat}" for metric, stat in table.columns]
     table.insert(0, "n_images", grouped.size())
+    judged = frame.dropna(subset=["success"]).groupby("method", sort=False)["success"]
+    table.insert(1, "n_success", judged.sum().astype("Int64").reindex(table.index))
     return table.reset_index()
 
 

@@ -20,9 +20,10 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 #: The small set: enough training images for a model that finds the lesions, few test images.
-SYNTHETIC = {"n_train": 200, "n_test": 10, "size": 128, "seed": 0}
-#: The quick model: trained at the set's resolution.
-TRAINING = {"epochs": 6, "width": 8, "batch_size": 16, "lr": 3e-3}
+SYNTHETIC = {"n_train": 200, "n_test": 24, "size": 128, "seed": 0}
+#: The quick model: the default layout at the set's resolution, narrower and shorter than train's defaults
+#: (measured: AUC 0.965, defended deletion stops on 15 of its 15 confident test positives; docs/defense.md).
+TRAINING = {"epochs": 18, "width": 8, "batch_size": 16, "lr": 3e-3}
 
 
 def _shared_folder(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
@@ -53,7 +54,7 @@ def build_once(tmp_path_factory) -> Callable[[str, Callable[[Path], None]], Path
 
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory):
-    """``generate_synthetic`` paths of a 128 px set (200 training, 10 test images, seed 0)."""
+    """``generate_synthetic`` paths of a 128 px set (200 training, 24 test images, seed 0)."""
     from retina_fgvis.datasets.synthetic import generate_synthetic
 
     root = _shared_folder(tmp_path_factory, "synthetic")
@@ -61,18 +62,29 @@ def synthetic_data(tmp_path_factory):
         return generate_synthetic(root, **SYNTHETIC)
 
 
-@pytest.fixture(scope="session")
-def trained_checkpoint(synthetic_data, tmp_path_factory) -> Path:
-    """Path of the best checkpoint of a small FundusCNN trained on :func:`synthetic_data` (CPU, seeded)."""
+def _trained(synthetic_data, tmp_path_factory, name: str, **overrides) -> Path:
+    """Best checkpoint of a FundusCNN trained once per session on :func:`synthetic_data` (CPU, seeded)."""
     from retina_fgvis.training import TrainConfig, train
 
-    out = _shared_folder(tmp_path_factory, "trained")
+    out = _shared_folder(tmp_path_factory, name)
     marker = out / "checkpoint.json"
     with FileLock(str(out) + ".lock"):
         if not marker.is_file():
             result = train(TrainConfig(
                 dataset="synthetic", data_dir=synthetic_data.root, out=out / "run", image_size=SYNTHETIC["size"],
                 n_train=SYNTHETIC["n_train"], n_test=SYNTHETIC["n_test"], seed=SYNTHETIC["seed"], device="cpu",
-                progress=False, **TRAINING))
+                progress=False, **{**TRAINING, **overrides}))
             marker.write_text(json.dumps({"checkpoint": str(result.best_checkpoint), **result.best_metrics}))
         return Path(json.loads(marker.read_text())["checkpoint"])
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(synthetic_data, tmp_path_factory) -> Path:
+    """Path of the best checkpoint of a small FundusCNN (the default layout) trained on :func:`synthetic_data`."""
+    return _trained(synthetic_data, tmp_path_factory, "trained")
+
+
+@pytest.fixture(scope="session")
+def o_O_checkpoint(synthetic_data, tmp_path_factory) -> Path:
+    """The same training with the 13-call o_O layout."""
+    return _trained(synthetic_data, tmp_path_factory, "trained-o_O", layout="o_O")

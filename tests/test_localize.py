@@ -19,18 +19,14 @@ import retina_fgvis.localize as localize_module
 from retina_fgvis.localize import LocalizeConfig, localize, parse_shard, run_complete, shard_batches
 from retina_fgvis.models.checkpoint import CheckpointError
 
-#: FGVis: the paper's medical settings (lr 0.25, stop below 0.10, deletion of the RDR class) except
-#: λ and the step limit. With the paper's λ = 1e-10 this small 128-px model's masks spread over a third
-#: of the retina and more, and their lesion sensitivity is within a few points of chance
-#: (docs/localize.md); λ = 1e-6 keeps them sparse. 50 steps keep the test fast (the masks change
-#: little from 50 to 500 steps at this λ).
-FGVIS_STEPS = 50
-FGVIS_LAM = 1e-6
+#: FGVis: the paper's medical protocol, unchanged (LocalizeConfig's defaults).
+FGVIS_STEPS = 500
+FGVIS_LAM = 1e-10
 
 
 def _config(data, checkpoint, out, **overrides) -> LocalizeConfig:
     settings = dict(data_dir=data.root, checkpoint=checkpoint, out=out, dataset="synthetic", device="cpu",
-                    progress=False, max_iter=FGVIS_STEPS, lam=FGVIS_LAM)
+                    progress=False)
     return LocalizeConfig(**{**settings, **overrides})
 
 

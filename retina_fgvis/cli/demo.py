@@ -16,11 +16,6 @@ import typer
 from retina_fgvis.cli._app import app, console, fail
 from retina_fgvis.localize import LocalizeConfig, localize
 
-#: FGVis λ of the demo. With the paper's λ = 1e-10 this small model's masks cover a sixth of the retina
-#: and hit hemorrhages and red small dots no more often than the chance control; 1e-6 keeps them sparse.
-DEMO_LAM = 1e-6
-
-
 @dataclass
 class DemoResult:
     """Where the demo wrote everything, its comparison and how long it took."""
@@ -34,8 +29,8 @@ class DemoResult:
 
 
 def run_demo(out: str | Path = "demo_out", device: str = "auto", progress: bool = True, *,
-             n_train: int = 300, n_test: int = 16, size: int = 256, epochs: int = 8, width: int = 8,
-             max_iter: int = 500, lam: float = DEMO_LAM, seed: int = 0) -> DemoResult:
+             n_train: int = 600, n_test: int = 24, size: int = 128, epochs: int | None = None,
+             width: int | None = None, max_iter: int = 500, seed: int = 0) -> DemoResult:
     """Synthetic set -> trained classifier -> FGVis and Grad-CAM runs -> comparison and report.
 
     Args:
@@ -43,8 +38,8 @@ def run_demo(out: str | Path = "demo_out", device: str = "auto", progress: bool 
             and ``gradcam/`` (scored run folders), ``comparison.json`` and ``fgvis/report.html``.
         device: torch device for training and localization (``"auto"``: CUDA if present).
         n_train, n_test, size: semi-synthetic set (training images, DiaretDB1-layout test images, pixels).
-        epochs, width: classifier training epochs and :class:`FundusCNN` width.
-        max_iter, lam: FGVis step limit and λ (other settings are the paper's medical ones).
+        epochs, width: classifier training epochs and :class:`FundusCNN` width (``None``: ``train``'s defaults).
+        max_iter: FGVis step limit (everything else is the paper's medical protocol, λ = 1e-10 included).
         seed: seeds the set, the training and FGVis.
 
     Every step resumes: a rerun into the same folder continues the training and the runs where they stopped.
@@ -60,13 +55,13 @@ def run_demo(out: str | Path = "demo_out", device: str = "auto", progress: bool 
     # Training writes the set into ``data``; a rerun resumes the training run.
     checkpoint = train(TrainConfig(
         dataset="synthetic", data_dir=data, out=out / "model", image_size=size, n_train=n_train, n_test=n_test,
-        epochs=epochs, width=width, batch_size=16, lr=3e-3, seed=seed, device=device,
+        epochs=epochs, width=width, seed=seed, device=device,
         resume=(out / "model" / "last.pt").is_file(), progress=progress)).best_checkpoint
     runs = {}
     for method in ("fgvis", "gradcam"):
         runs[method] = localize(LocalizeConfig(
             data_dir=data, checkpoint=checkpoint, out=out / method, dataset="synthetic", method=method,
-            device=device, max_iter=max_iter, lam=lam, seed=seed, progress=progress))
+            device=device, max_iter=max_iter, seed=seed, progress=progress))
         console.print(summary_table(score_run(runs[method], progress=progress)))
     comparison = compare_runs([runs["fgvis"], runs["gradcam"]], out, progress=progress)
     console.print(comparison_table(comparison))

@@ -145,5 +145,9 @@ def test_deletion_study_writes_tables_and_plot(tmp_path):
     summary = summarize_deletion(frame)
     assert list(summary["method"]) == ["fgvis", "gradcam", "occlusion", "random"]
     assert (summary["n_images"] == 1).all()
+    # success is FGVis's own criterion; the baselines have none
+    assert frame.loc[frame.method == "fgvis", "success"].isin([True, False]).all()
+    assert frame.loc[frame.method != "fgvis", "success"].isna().all()
+    assert summary["n_success"].iloc[0] == int(frame["success"].iloc[0]) and summary["n_success"].iloc[1:].isna().all()
     with pytest.raises(ValueError, match="methods"):
         deletion_study([skimage.data.coffee()], model, methods=["rise"])
