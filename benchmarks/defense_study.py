@@ -85,7 +85,8 @@ ROWS = (
     Row("plain, 8 ep", epochs=8),
 )
 #: Rows run at 256 px (all rows run at 128 px).
-ROWS_256 = ("plain w16, 24 ep (default)", "  engine: defense off", "compact w16, 24 ep", "o_O (13 calls) w16, 24 ep")
+ROWS_256 = ("plain w16, 24 ep (default)", "  engine: defense off", "compact w16, 24 ep", "o_O (13 calls) w16, 24 ep",
+            "plain, ReLU")
 
 
 def dataset(out: Path, size: int, n_train: int, n_test: int) -> Path:
@@ -171,8 +172,8 @@ def _pct(value) -> str:
 def table(rows: list[dict]) -> str:
     short = {"hard_exudates": "HE", "soft_exudates": "SE", "hemorrhages": "H", "red_small_dots": "RSD"}
     head = ("| px | row | val AUC | success | median it. | area | sensitivity vs chance (" +
-            ", ".join(short.values()) + ") | non-RDR < 0.10 | P(ref) | cos₀ |")
-    lines = [head, "|" + "---|" * 10]
+            ", ".join(short.values()) + ") | non-RDR < 0.10 | P(ref) | cos₀ | cos₂₀ |")
+    lines = [head, "|" + "---|" * 11]
     for r in rows:
         sens = ", ".join(f"{_pct(r['sensitivity'][k])}/{_pct(r['chance'][k])}" for k in short)
         iters = "–" if r["median_iterations"] is None else f"{r['median_iterations']:.0f}"

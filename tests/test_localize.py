@@ -32,7 +32,7 @@ def _config(data, checkpoint, out, **overrides) -> LocalizeConfig:
 
 @pytest.fixture(scope="module")
 def runs(synthetic_data, trained_checkpoint, build_once):
-    """FGVis and Grad-CAM run folders over the 10 test images, scored and compared (built once per session)."""
+    """FGVis and Grad-CAM run folders over the 24 test images, scored and compared (built once per session)."""
 
     def build(base: Path) -> None:
         fgvis = localize(_config(synthetic_data, trained_checkpoint, base / "fgvis"))
@@ -69,7 +69,7 @@ def test_fgvis_beats_gradcam_at_matched_area_on_every_lesion_type(runs):
 
 def test_summary_json_keys(runs):
     summary = json.loads((runs["fgvis"] / "summary.json").read_text())
-    assert summary["method"] == "fgvis" and summary["n_images"] == 10
+    assert summary["method"] == "fgvis" and summary["n_images"] == 24
     assert 0 < summary["area_fraction"] < 1
     for key in ("lesion_sensitivity", "pixel_sensitivity", "pixel_precision", "image_detection"):
         assert set(summary[key]) == set(LESION_TYPES)
@@ -149,8 +149,8 @@ def test_resume_after_a_kill_recomputes_only_unfinished_images(runs, synthetic_d
     for name in ("per_image.csv", "summary.json", "report.html"):
         (out / name).unlink(missing_ok=True)
     folders = sorted((out / "images").iterdir())
-    # Simulated kill while the second batch (images 9 and 10) was being written: image 9 is finished,
-    # image 10 lost its record (written last), an overlay, and left a temporary file behind.
+    # Simulated kill while the second batch (images 9 to 16) was being written: image 10 lost its record
+    # (written last), an overlay, and left a temporary file behind; the others are finished.
     killed = [folders[9]]
     (killed[0] / "record.json").unlink()
     (killed[0] / "overlay.png").unlink()
@@ -166,7 +166,7 @@ def test_resume_after_a_kill_recomputes_only_unfinished_images(runs, synthetic_d
 
     monkeypatch.setattr(localize_module, "_explainer", counting_explainer)
     localize(_config(synthetic_data, trained_checkpoint, out))
-    assert explained == [2]  # only the batch holding the unfinished image, recomputed as a whole
+    assert explained == [8]  # only the batch holding the unfinished image, recomputed as a whole
     assert run_complete(out)
     assert not list(killed[0].glob(".*.tmp*"))
     assert {f.name: [(f / n).stat().st_mtime_ns for n in ("maps.npz", "record.json")] for f in kept} == stamps
@@ -183,7 +183,7 @@ def test_two_shards_into_one_folder_score_like_one_run(runs, synthetic_data, tra
     out = tmp_path / "sharded"
     localize(_config(synthetic_data, trained_checkpoint, out, shard="1/2"))
     assert not run_complete(out)
-    assert len(list((out / "images").glob("*/record.json"))) == 2  # batch 2 of 2: images 9 and 10
+    assert len(list((out / "images").glob("*/record.json"))) == 8  # batch 2 of 3: images 9 to 16
     localize(_config(synthetic_data, trained_checkpoint, out, shard=(0, 2)))
     assert run_complete(out)
     sharded, unsharded = score_run(out), dict(runs["summary"])

@@ -23,7 +23,7 @@ def test_localize_scores_and_reports_when_all_shards_are_done(synthetic_data, tr
     second = runner.invoke(app, _args(synthetic_data, trained_checkpoint, out, "--max-iter", "5", "--shard", "1/2"))
     assert second.exit_code == 0, second.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "fgvis" and summary["n_images"] == 10
+    assert summary["method"] == "fgvis" and summary["n_images"] == 24
     assert "hard_exudates" in second.output  # the summary table
     assert (out / "report.html").is_file() and str(out / "report.html") in second.output.replace("\n", "")
     config = json.loads((out / "run.json").read_text())["config"]
