@@ -1,8 +1,7 @@
-"""`retina-fgvis demo`: the whole pipeline, tiny in the default run and full size (timed) with -m slow."""
+"""`retina-fgvis demo`: the whole pipeline, tiny in the default run and full size with -m slow."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from typer.testing import CliRunner
@@ -23,10 +22,9 @@ def test_tiny_demo_writes_comparison_and_report(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_demo_within_ten_minutes(tmp_path):
-    started = time.perf_counter()
+def test_full_demo_explains_with_the_paper_protocol(tmp_path):
     result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--device", "cpu", "--no-progress"])
-    seconds = time.perf_counter() - started
     assert result.exit_code == 0, result.output
     assert "report:" in result.output and (tmp_path / "fgvis" / "report.html").is_file()
-    assert seconds <= 600, seconds
+    success = json.loads((tmp_path / "fgvis" / "summary.json").read_text())["success"]
+    assert success["n_success"] >= 0.9 * (success["n_success"] + success["n_failed"]), success
