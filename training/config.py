@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from retina_fgvis.checks import check_int
-from retina_fgvis.models.fundus_cnn import LAYOUTS
+from retina_fgvis.models.fundus_cnn import FundusCNN
 
 __all__ = ["DATASETS", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "TrainConfig"]
 
@@ -19,8 +19,6 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "eyepacs": {"epochs": 60, "image_size": 512, "batch_size": 32, "lr": 1e-3, "width": 32},
     "synthetic": {"epochs": 24, "image_size": 256, "batch_size": 16, "lr": 3e-3, "width": 16},
 }
-
-_NETWORK_OPTIONS = ("activation", "batch_norm", "downsample")
 
 #: Settings a resumed run takes from the new configuration; everything else comes from the run folder.
 RESUMABLE_OVERRIDES = ("epochs", "device", "workers", "tensorboard", "progress")
@@ -115,11 +113,12 @@ class TrainConfig:
         if not 0.0 <= config.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing: expected a value in [0, 0.5), got {config.label_smoothing!r}")
         config.network_options = dict(config.network_options)
-        if config.layout not in LAYOUTS:
-            raise ValueError(f"layout: expected one of {list(LAYOUTS)}, got {config.layout!r}")
-        unknown = sorted(set(config.network_options) - set(_NETWORK_OPTIONS))
-        if unknown:
-            raise ValueError(f"network_options: unknown {unknown}; expected some of {list(_NETWORK_OPTIONS)}")
+        # FundusCNN owns its architecture rules: a one-channel build checks layout and options before
+        # anything is written.
+        try:
+            FundusCNN(width=1, layout=config.layout, **config.network_options)
+        except TypeError as error:
+            raise ValueError(f"network_options: {error}") from None
         return config
 
     def to_dict(self) -> dict[str, Any]:

@@ -103,3 +103,12 @@ def test_synthetic_never_generates_into_a_foreign_folder(tmp_path, tiny_eyepacs,
     with pytest.raises(ValueError, match=r"data_dir: .* is neither a synthetic set \(no synthetic.json\) nor empty"):
         train(TrainConfig(dataset="synthetic", data_dir=tiny_eyepacs, out=tmp_path / "out", device="cpu"))
     assert snapshot(tiny_eyepacs) == before and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("settings, message", [({"layout": "deep"}, "layout"),
+                                               ({"network_options": {"activation": "gelu"}}, "activation"),
+                                               ({"network_options": {"depth": 3}}, "network_options")])
+def test_bad_network_settings_are_refused_before_anything_is_written(tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(dataset="synthetic", out=tmp_path / "run", device="cpu", progress=False, **settings))
+    assert not (tmp_path / "run").exists()
