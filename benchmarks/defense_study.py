@@ -82,11 +82,12 @@ ROWS = (
     Row("plain, no batch norm", network={"batch_norm": False}),
     Row("plain, stride instead of pooling", network={"downsample": "stride"}),
     Row("plain w8", width=8),
+    Row("plain w8, ReLU", width=8, network={"activation": "relu"}),
     Row("plain, 8 ep", epochs=8),
 )
 #: Rows run at 256 px (all rows run at 128 px).
 ROWS_256 = ("plain w16, 24 ep (default)", "  engine: defense off", "compact w16, 24 ep", "o_O (13 calls) w16, 24 ep",
-            "plain, ReLU")
+            "plain, ReLU", "plain w8", "plain w8, ReLU")
 
 
 def dataset(out: Path, size: int, n_train: int, n_test: int) -> Path:
