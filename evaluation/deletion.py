@@ -357,12 +357,10 @@ def summarize_deletion(frame: pd.DataFrame) -> pd.DataFrame:
 
 def plot_curves(curves: pd.DataFrame, path: str | os.PathLike, title: str = "") -> Path:
     """Plot the mean deletion and insertion curves of each method (table as in ``curves.csv``) to a PNG."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    figure = Figure(figsize=(10, 4))
+    axes = figure.subplots(1, 2, sharey=True)
     for axis, mode in zip(axes, ("deletion", "insertion")):
         for method, part in curves[curves["mode"] == mode].groupby("method", sort=False):
             auc = np.trapezoid(part["mean"], part["fraction"])

@@ -127,11 +127,12 @@ def write_run_info(out_dir: str | os.PathLike, config: dict[str, Any], name: str
 
 
 def atomic_save_figure(figure, path: str | os.PathLike, dpi: int = 120) -> Path:
-    """Save a matplotlib figure through a temporary file and close it."""
-    import matplotlib.pyplot as plt
+    """Save a matplotlib figure through a temporary file.
 
+    Library figures are ``matplotlib.figure.Figure`` objects, never pyplot's: pyplot keeps them alive and
+    choosing its backend would change the caller's.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-    plt.close(figure)
     return path

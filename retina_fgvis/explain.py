@@ -171,14 +171,12 @@ def results_table(results: Sequence[ImageExplanations]) -> pd.DataFrame:
 
 def plot_explanations(item: ImageExplanations, game: str, path: str | os.PathLike) -> Path:
     """Figure of one image: a row per target with image, mask, importance and explanation (PNG, atomic)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     drop = game in _DROP_GAMES
     count = len(item.explanations)
-    figure, axes = plt.subplots(count, 4, figsize=(13, 3.4 * count), squeeze=False)
+    figure = Figure(figsize=(13, 3.4 * count))
+    axes = figure.subplots(count, 4, squeeze=False)
     for axis_row, exp in zip(axes, item.explanations):
         shown_mask = (1 - exp.mask) if drop else exp.mask
         panels = [

@@ -151,3 +151,22 @@ def test_deletion_study_writes_tables_and_plot(tmp_path):
     assert summary["n_success"].iloc[0] == int(frame["success"].iloc[0]) and summary["n_success"].iloc[1:].isna().all()
     with pytest.raises(ValueError, match="methods"):
         deletion_study([skimage.data.coffee()], model, methods=["rise"])
+
+
+def test_plotting_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """plot_curves draws on a bare Figure and never calls matplotlib.use: the caller's backend stays."""
+    import subprocess
+    import sys
+
+    script = (
+        "import matplotlib, pandas as pd\n"
+        "matplotlib.use('svg')\n"
+        "from retina_fgvis.evaluation.deletion import plot_curves\n"
+        "curves = pd.DataFrame({'method': 'm', 'mode': ['deletion', 'deletion', 'insertion', 'insertion'],"
+        " 'fraction': [0, 1, 0, 1], 'mean': [1, 0, 0, 1]})\n"
+        f"plot_curves(curves, {str(tmp_path / 'curves.png')!r})\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "svg"
+    assert (tmp_path / "curves.png").stat().st_size > 0
