@@ -37,12 +37,11 @@ import pandas as pd
 import torch
 
 from retina_fgvis._io import atomic_save_figure, atomic_save_npz, atomic_write_csv, atomic_write_json, write_run_info
-from retina_fgvis.fgvis import GAMES, ClassShift, FGVis, RelativeScoreBelow, lambda_grid
+from retina_fgvis.fgvis import ClassShift, FGVis, RelativeScoreBelow, lambda_grid
+from retina_fgvis.fgvis.games import game_spec
 from retina_fgvis.models.imagenet import ImageNetModel, as_imagenet_model, image_names
 
 __all__ = ["Explanation", "ImageExplanations", "explain", "plot_explanations", "results_table"]
-
-_DROP_GAMES = ("deletion", "repression")
 
 
 @dataclass
@@ -105,8 +104,7 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
     Returns:
         One :class:`ImageExplanations` per image, explanations in the order of ``targets``.
     """
-    if game not in GAMES:
-        raise ValueError(f"game: {game!r} is not one of {tuple(GAMES)}")
+    game_spec(game)  # ValueError naming ``game`` before any work
     if isinstance(lam, str) and lam != "search":
         raise ValueError(f"lam: expected 'search' or a number, got {lam!r}")
     if not 0 < secondary_drop < 1:
@@ -134,7 +132,7 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
         rows = (primary == is_primary).nonzero()[:, 0]
         if not len(rows):
             continue
-        rule = ClassShift() if is_primary or game not in _DROP_GAMES else RelativeScoreBelow(secondary_drop)
+        rule = ClassShift() if is_primary or game_spec(game).keeps_class else RelativeScoreBelow(secondary_drop)
         res = fgvis.attribute(inputs[row_image[rows]], target=row_target[rows].to(inputs.device),
                               lam="search" if isinstance(lam, str) else float(lam), lam_grid=grid, stop=rule)
         for k, row in enumerate(rows.tolist()):
@@ -173,7 +171,7 @@ def plot_explanations(item: ImageExplanations, game: str, path: str | os.PathLik
     """Figure of one image: a row per target with image, mask, importance and explanation (PNG, atomic)."""
     from matplotlib.figure import Figure
 
-    drop = game in _DROP_GAMES
+    drop = not game_spec(game).keeps_class
     count = len(item.explanations)
     figure = Figure(figsize=(13, 3.4 * count))
     axes = figure.subplots(count, 4, squeeze=False)
