@@ -51,7 +51,7 @@ from retina_fgvis._io import (atomic_save_npz, atomic_write_json, atomic_write_p
                               write_run_info)
 from retina_fgvis.binarize import PAPER_THRESHOLD, binarize_relative, check_threshold
 from retina_fgvis.checks import check_int
-from retina_fgvis.runtime import progress_bar, resolve_device
+from retina_fgvis.runtime import progress_bar, resolve_device, torchrun_place
 
 __all__ = ["LocalizeConfig", "localize", "StopNotReachedWarning", "run_complete", "shard_batches", "parse_shard", "open_dataset",
            "METHODS", "DATASETS", "SPLITS"]
@@ -167,10 +167,10 @@ def shard_batches(image_ids: list[str], batch_size: int, shard: str | tuple[int,
     ordered = sorted(image_ids)
     batches = [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
     if shard is None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world <= 1:
+        place = torchrun_place()
+        if place.world_size <= 1:
             return batches
-        shard = (int(os.environ.get("RANK", "0")), world)
+        shard = (place.rank, place.world_size)
     index, count = parse_shard(shard)
     return batches[index::count]
 
@@ -204,8 +204,8 @@ def _sha256(path: Path) -> str:
 
 
 def _device(config: LocalizeConfig) -> torch.device:
-    if config.device in (None, "auto") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if config.device in (None, "auto") and torch.cuda.is_available() and torchrun_place().world_size > 1:
+        return torch.device("cuda", torchrun_place().local_rank)
     return resolve_device(config.device)
 
 

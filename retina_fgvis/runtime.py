@@ -1,11 +1,27 @@
 """Device selection, seeding and progress bars shared by the commands."""
 from __future__ import annotations
 
+import os
 import random
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class TorchrunPlace(NamedTuple):
+    """Where ``torchrun`` put this process: ``rank`` of ``world_size``, GPU slot ``local_rank`` on its host."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def torchrun_place() -> TorchrunPlace:
+    """This process's place from torchrun's RANK, WORLD_SIZE and LOCAL_RANK (a plain start: 0 of 1, slot 0)."""
+    return TorchrunPlace(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                         int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -7,14 +7,13 @@ is a world of one and touches nothing.
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from retina_fgvis.runtime import resolve_device
+from retina_fgvis.runtime import resolve_device, torchrun_place
 
 __all__ = ["DistContext", "distributed_context", "launched_by_torchrun"]
 
@@ -66,7 +65,7 @@ class DistContext:
 
 def launched_by_torchrun() -> bool:
     """True inside a multi-process ``torchrun`` launch."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return torchrun_place().world_size > 1
 
 
 @contextlib.contextmanager
@@ -79,7 +78,7 @@ def distributed_context(device: str | torch.device | None = "auto") -> Iterator[
     if not launched_by_torchrun():
         yield DistContext(rank=0, world_size=1, local_rank=0, device=resolve_device(device))
         return
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_rank = torchrun_place().local_rank
     resolved = resolve_device(device)
     if resolved.type == "cuda":
         resolved = torch.device("cuda", local_rank)
