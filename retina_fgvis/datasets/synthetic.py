@@ -14,11 +14,11 @@ soft exudates      pale, fuzzy-edged patches (cotton-wool spots)
 
 Distractors appear in every class: thin vessel-like dark lines, soft bright reflections, small
 whitish specks of light reflex and out-of-focus dust shadows. The DR grade follows from the
-lesions (:func:`dr_grade`); RDR = grade ≥ 2. Under a :class:`LabelRule` (the known-evidence control)
-the label is decided by one lesion type alone instead: RDR iff the image holds at least ``k``
-lesions of that type, every other type drawn independently of the label. Four simulated experts mark every lesion (circle,
-ellipse or polygon) with their own size bias, border jitter, occasional misses and a confidence
-level that follows the lesion's contrast.
+lesions (:func:`dr_grade`); RDR = grade ≥ 2. Under a :class:`LabelRule` (the known-evidence
+control) one lesion type alone decides the label instead: RDR iff the image holds at least ``k``
+lesions of that type, every other type drawn independently of the label. Four simulated experts
+mark every lesion (circle, ellipse or polygon) with their own size bias, border jitter, occasional
+misses and a confidence level that follows the lesion's contrast.
 
 Layout written by :func:`generate_synthetic` (see ``data/README.md``)::
 
@@ -126,6 +126,7 @@ class LabelRule:
         return f"{self.lesion_type}:{self.min_count}"
 
     def rdr(self, counts: dict[str, int]) -> bool:
+        """The label the rule gives an image with these lesion counts."""
         return counts.get(self.lesion_type, 0) >= self.min_count
 
     def counts(self, rng: np.random.Generator, rdr: bool) -> dict[str, int]:
