@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from rich import box
 from rich.table import Table
 
 from retina_fgvis.datasets.synthetic import LabelRule
@@ -72,17 +73,17 @@ def control_table(result: Mapping[str, Any]) -> Table:
     rows = sorted(result["lesion_types"].items(), key=lambda item: item[1]["role"] != "deciding")
     met = any("sensitivity_met" in row for _, row in rows)
     success = f", stop met on {result['n_success']} of {result['n_images']}" if result["n_success"] is not None else ""
-    table = Table(title=f"Known-evidence control ({result['rule']}: RDR iff at least k lesions of this type"
-                        f"{success})")
-    for name in ("lesion type", "role", "lesions", "sensitivity", "chance", "above chance",
-                 *(("sens. (met)", "chance (met)") if met else ())):
+    table = Table(title=f"Known-evidence control, {result['rule']}: RDR iff at least k lesions of this type"
+                        f"{success}. Sensitivity and chance in %, above chance in points; (met): stop met only",
+                  box=box.SIMPLE_HEAD)
+    for name in ("lesion type", "role", "lesions", "sens.", "chance", "above", *(("(met)", "chance") if met else ())):
         table.add_column(name, justify="left" if name in ("lesion type", "role") else "right")
     for lesion_type, row in rows:
         margin = row["above_chance"]
         cells = [LESION_NAMES.get(lesion_type, lesion_type), row["role"], str(row["n_lesions"]),
-                 percent(row["sensitivity"]), percent(row["chance"]),
-                 "–" if margin is None else f"{100 * margin:+.0f} pts"]
+                 percent(row["sensitivity"], unit=False), percent(row["chance"], unit=False),
+                 "–" if margin is None else f"{100 * margin:+.0f}"]
         if met:
-            cells += [percent(row.get("sensitivity_met")), percent(row.get("chance_met"))]
+            cells += [percent(row.get("sensitivity_met"), unit=False), percent(row.get("chance_met"), unit=False)]
         table.add_row(*cells, style="bold" if row["role"] == "deciding" else None)
     return table
