@@ -22,6 +22,7 @@ import pandas as pd
 from retina_fgvis.evaluation.compare import read_comparison
 from retina_fgvis.evaluation.localization import RunFolderError, percent
 from retina_fgvis._io import atomic_write_text
+from retina_fgvis.localize import FULL_RESOLUTION_OVERLAY
 from retina_fgvis.viz import DETECTION_COLOUR, LESION_COLOURS, LESION_NAMES, heatmap, thumbnail
 
 THUMB_SIZE = 180
@@ -74,6 +75,7 @@ _JS = """
   var box=document.getElementById('lightbox'), big=document.getElementById('lightbox-img'),
       caption=document.getElementById('lightbox-caption');
   document.querySelectorAll('img.thumb').forEach(function(img){
+    if(img.closest('a')){return;}  // linked to its full-resolution overlay: the browser opens that
     img.addEventListener('click',function(){big.src=img.getAttribute('data-full');
       caption.textContent=img.getAttribute('alt'); box.classList.add('open');});
   });
@@ -246,8 +248,13 @@ def _image_rows(run_dir: Path, frame: pd.DataFrame, lesion_types: list[str], oth
                 cells.append("<td class=muted>–</td>")
                 continue
             alt = escape(f"{image_id} {label}".strip())
-            cells.append(f'<td><figure><img class="thumb" src="{pictures[0]}" data-full="{pictures[1]}" '
-                         f'alt="{alt}" loading="eager"></figure></td>')
+            picture = f'<img class="thumb" src="{pictures[0]}" data-full="{pictures[1]}" alt="{alt}" loading="eager">'
+            # The photograph-size overlay is linked, never embedded: several MB each, and browsers do not open data URIs.
+            full_resolution = folder / "images" / str(image_id) / FULL_RESOLUTION_OVERLAY
+            if full_resolution.is_file():
+                href = escape(Path(os.path.relpath(full_resolution, run_dir)).as_posix())
+                picture = f'<a href="{href}" target="_blank" title="full resolution">{picture}</a>'
+            cells.append(f"<td><figure>{picture}</figure></td>")
         rows.append(("<tr class=failed-row>" if failed else "<tr>") + "".join(cells) + "</tr>")
     return head, rows
 

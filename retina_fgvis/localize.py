@@ -10,6 +10,8 @@
                                    mean_mask   H×W float32      (fgvis only: channel mean of m)
     OUT/images/<id>/overlay.png    the experts' markings and the detection (binary ∩ FOV), full size
     OUT/images/<id>/overlay_thumb.png
+    OUT/images/<id>/overlay_full.png  the same on the original photograph at its own size (the detection
+                                   mapped back through the FOV crop, pad and resize; nearest neighbour)
     OUT/images/<id>/record.json    image_id, method, prob_before, prob_after, iterations, lam, success,
                                    stop_score, threshold, seconds
 
@@ -54,9 +56,11 @@ from retina_fgvis.checks import check_int
 from retina_fgvis.runtime import progress_bar, resolve_device, torchrun_place
 
 __all__ = ["LocalizeConfig", "localize", "StopNotReachedWarning", "run_complete", "shard_batches", "parse_shard", "open_dataset",
-           "METHODS", "DATASETS", "SPLITS"]
+           "full_resolution_overlay", "FULL_RESOLUTION_OVERLAY", "METHODS", "DATASETS", "SPLITS"]
 
 METHODS = ("fgvis", "gradcam", "occlusion")
+#: File name of an image's overlay on its original photograph, beside overlay.png.
+FULL_RESOLUTION_OVERLAY = "overlay_full.png"
 DATASETS = ("diaretdb1", "synthetic")
 SPLITS = ("test", "train", "all")
 # Settings that do not change the results: a run may be resumed or sharded with other values.
@@ -306,8 +310,27 @@ def _value(tensor: torch.Tensor | None, row: int, kind: type) -> Any:
     return None if tensor is None else kind(tensor[row].item())
 
 
+def full_resolution_overlay(dataset, sample, detection: np.ndarray) -> np.ndarray:
+    """The experts' markings and ``detection`` drawn on the photograph ``sample`` was cropped from, at its own size.
+
+    Args:
+        dataset: the DiaretDB1 release ``sample`` was loaded from (``dataset.load(sample.image_id, size=S)``).
+        sample: the S×S sample, with the crop geometry the loader recorded.
+        detection: bool S×S binarized explanation on ``sample``.
+
+    Returns:
+        uint8 H×W×3 overlay (:func:`retina_fgvis.viz.overlay_lesions`) of the H×W photograph, its lesion
+        masks at native resolution and the detection mapped back by ``sample.geometry.to_photograph``,
+        restricted to the photograph's field of view.
+    """
+    from retina_fgvis.viz import overlay_lesions
+
+    native = dataset.load(sample.image_id)
+    return overlay_lesions(native.image, native.lesions, sample.geometry.to_photograph(detection) & native.fov)
+
+
 def _write_image(folder: Path, image_id: str, sample, explanation: _Explanation, row: int,
-                 config: LocalizeConfig, seconds: float) -> None:
+                 config: LocalizeConfig, seconds: float, dataset) -> None:
     from retina_fgvis.viz import overlay_lesions, thumbnail
 
     importance = explanation.importance[row, 0].numpy().astype(np.float32)
@@ -317,9 +340,11 @@ def _write_image(folder: Path, image_id: str, sample, explanation: _Explanation,
         arrays["mask"] = explanation.mask[row].numpy().astype(np.float16)
         arrays["mean_mask"] = explanation.mean_mask[row, 0].numpy().astype(np.float32)
     atomic_save_npz(folder / "maps.npz", **arrays)
-    overlay = overlay_lesions(sample.image, sample.lesions, binary & np.asarray(sample.fov, bool))
+    detection = binary & np.asarray(sample.fov, bool)
+    overlay = overlay_lesions(sample.image, sample.lesions, detection)
     atomic_write_png(folder / "overlay.png", overlay)
     atomic_write_png(folder / "overlay_thumb.png", thumbnail(overlay))
+    atomic_write_png(folder / FULL_RESOLUTION_OVERLAY, full_resolution_overlay(dataset, sample, detection))
     atomic_write_json(folder / "record.json", {
         "image_id": image_id,
         "method": config.method,
@@ -388,7 +413,7 @@ def localize(config: LocalizeConfig) -> Path:
                 if image_id in pending:
                     folder = out / "images" / image_id
                     remove_temporaries(folder)
-                    _write_image(folder, image_id, sample, explanation, row, config, seconds)
+                    _write_image(folder, image_id, sample, explanation, row, config, seconds, dataset)
             done += len(pending)
             rate = done / (time.perf_counter() - started)
             bar.update(task, advance=len(pending), status=f"{rate:.2f} img/s")

@@ -18,6 +18,7 @@ from retina_fgvis.datasets.errors import DatasetError
 import retina_fgvis.localize as localize_module
 from retina_fgvis.localize import LocalizeConfig, localize, parse_shard, run_complete, shard_batches
 from retina_fgvis.models.checkpoint import CheckpointError
+from retina_fgvis.viz import LESION_COLOURS
 
 #: FGVis: the paper's medical protocol, unchanged (LocalizeConfig's defaults).
 FGVIS_STEPS = 500
@@ -269,3 +270,84 @@ def test_bad_settings_name_the_field(synthetic_data, trained_checkpoint, tmp_pat
         with pytest.raises(ValueError, match=field):
             localize(_config(synthetic_data, trained_checkpoint, tmp_path / "out", **{field: value}))
     assert not (tmp_path / "out").exists()
+
+
+def _photograph_release(root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A DiaretDB1 v2.1 release of one 300×230 photograph (1500×1152 scaled down): a disc cut off at the top
+    and bottom, one hemorrhage and one red small dot marked by all four experts.
+
+    Returns the hemorrhage's and the dot's true masks in photograph pixels."""
+    from retina_fgvis.datasets.diaretdb1 import N_EXPERTS, V2_GROUNDTRUTH, V2_IMAGES, V2_SPLITS, Marking, expert_xml
+
+    ys, xs = np.mgrid[0:230, 0:300]
+    rng = np.random.default_rng(0)
+    photo = np.zeros((230, 300, 3), np.uint8)
+    disc = (xs - 155) ** 2 + (ys - 115) ** 2 <= 120**2
+    photo[disc] = np.clip(np.array([190, 90, 50]) + rng.integers(-10, 10, (230, 300, 1)), 0, 255)[disc]
+    hemorrhage = (xs - 200) ** 2 + (ys - 80) ** 2 < 8**2
+    dot = (xs - 110) ** 2 + (ys - 150) ** 2 < 2**2
+    photo[hemorrhage | dot] = (90, 20, 20)
+    (root / V2_IMAGES).mkdir(parents=True)
+    (root / V2_GROUNDTRUTH).mkdir()
+    cv2.imwrite(str(root / V2_IMAGES / "diaretdb1_image001.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    markings = [Marking("hemorrhages", "High", "circle", (200, 80), (8, 8), representative=(200, 80)),
+                Marking("red_small_dots", "High", "circle", (110, 150), (2, 2), representative=(110, 150))]
+    for expert in range(1, N_EXPERTS + 1):
+        (root / V2_GROUNDTRUTH / f"diaretdb1_image001_{expert:02d}.xml").write_text(
+            expert_xml(markings, "diaretdb1_image001.png"))
+    (root / V2_SPLITS["test"]).write_text("images/diaretdb1_image001.png\n")
+    (root / V2_SPLITS["train"]).write_text("")
+    return hemorrhage, dot
+
+
+def _cyan(overlay: np.ndarray) -> np.ndarray:
+    from retina_fgvis.viz import DETECTION_COLOUR
+
+    return np.all(overlay == DETECTION_COLOUR, axis=2)
+
+
+def test_full_resolution_overlay_maps_the_detection_onto_its_lesion(tmp_path):
+    from retina_fgvis.datasets import open_diaretdb1
+    from retina_fgvis.localize import full_resolution_overlay
+
+    hemorrhage, dot = _photograph_release(tmp_path / "ddb1")
+    dataset = open_diaretdb1(tmp_path / "ddb1")
+    sample = dataset.load("image001", size=64)
+    # The detection is the hemorrhage as the 64-px classifier input sees it.
+    overlay = full_resolution_overlay(dataset, sample, sample.lesions["hemorrhages"])
+    assert overlay.shape == (230, 300, 3)
+    detected = _cyan(overlay)
+    reach = int(np.ceil(sample.geometry.side / 64)) + 1  # one input pixel in photograph pixels, and the outline
+    near = cv2.dilate(hemorrhage.astype(np.uint8), np.ones((2 * reach + 1,) * 2, np.uint8)).astype(bool)
+    assert detected.any() and not (detected & ~near).any()  # every detection pixel lies on or around the hemorrhage
+    ys, xs = np.nonzero(detected)
+    assert abs(xs.mean() - 200) <= 2 and abs(ys.mean() - 80) <= 2  # centred on it, not shifted by the crop
+    assert not cv2.dilate(dot.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)[detected].any()
+    red = np.all(overlay == LESION_COLOURS["red_small_dots"], axis=2)
+    assert red[np.ix_(range(146, 155), range(106, 115))].any()  # the experts' dot drawn where it is
+
+
+def test_localize_writes_full_resolution_overlays_linked_from_the_report(tmp_path):
+    from retina_fgvis.datasets import open_diaretdb1
+    from retina_fgvis.evaluation.report import write_report
+    from retina_fgvis.models.checkpoint import save_checkpoint
+    from retina_fgvis.models.fundus_cnn import FundusCNN
+
+    _photograph_release(tmp_path / "ddb1")
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", FundusCNN(width=4),
+                                 {"image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3})
+    run = localize(LocalizeConfig(data_dir=tmp_path / "ddb1", checkpoint=checkpoint, out=tmp_path / "run",
+                                  method="gradcam", device="cpu", progress=False))
+    folder = run / "images" / "image001"
+    full = cv2.cvtColor(cv2.imread(str(folder / "overlay_full.png")), cv2.COLOR_BGR2RGB)
+    assert full.shape == (230, 300, 3) and cv2.imread(str(folder / "overlay.png")).shape == (64, 64, 3)
+    with np.load(folder / "maps.npz") as maps:
+        binary = maps["binary"]
+    sample = open_diaretdb1(tmp_path / "ddb1").load("image001", size=64)
+    mapped = sample.geometry.to_photograph(binary & sample.fov)
+    outline = cv2.dilate(mapped.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    assert _cyan(full).any() and not (_cyan(full) & ~outline).any()
+    score_run(run, open_diaretdb1(tmp_path / "ddb1"), progress=False)
+    html = write_report(run, embed=False).read_text()
+    assert '<a href="images/image001/overlay_full.png" target="_blank"' in html

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from retina_fgvis.checks import check_int
+from retina_fgvis.datasets.synthetic import LabelRule
 from retina_fgvis.models.fundus_cnn import FundusCNN
 
 __all__ = ["DATASETS", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "TrainConfig"]
@@ -49,6 +50,8 @@ class TrainConfig:
         rdr_threshold: DR level from which an image counts as referable (class 1).
         graham: Graham-normalise images before training (stored in the checkpoint).
         n_train, n_test: synthetic only: images generated for training+validation / for localisation.
+        label_rule: synthetic only: ``"TYPE:k"``, the known-evidence control (RDR iff at least k lesions of
+            that type; :class:`retina_fgvis.datasets.synthetic.LabelRule`); ``None``: the DR grade decides.
         steps_per_epoch: cap on iterations per epoch (quick checks); ``None`` = the whole training split.
         amp: mixed precision on CUDA (ignored on CPU).
         progress: show the rich progress bar.
@@ -78,6 +81,7 @@ class TrainConfig:
     graham: bool = False
     n_train: int = 800
     n_test: int = 20
+    label_rule: str | None = None
     steps_per_epoch: int | None = None
     amp: bool = True
     progress: bool = True
@@ -112,6 +116,10 @@ class TrainConfig:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {config.dropout!r}")
         if not 0.0 <= config.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing: expected a value in [0, 0.5), got {config.label_smoothing!r}")
+        if config.label_rule is not None:
+            if config.dataset != "synthetic":
+                raise ValueError("label_rule: only the synthetic set has a label rule (--dataset synthetic)")
+            config.label_rule = str(LabelRule.parse(config.label_rule))
         config.network_options = dict(config.network_options)
         # FundusCNN owns its architecture rules: a one-channel build checks layout and options before
         # anything is written.

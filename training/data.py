@@ -21,7 +21,7 @@ from torch.utils.data import DistributedSampler
 
 from retina_fgvis.datasets.eyepacs import load_eyepacs_table, patient_split
 from retina_fgvis.datasets.fundus import load_fundus
-from retina_fgvis.datasets.synthetic import generate_synthetic
+from retina_fgvis.datasets.synthetic import generate_synthetic, read_label_rule
 from retina_fgvis.training.config import TrainConfig
 
 __all__ = ["LoadFundusd", "SPLIT_COLUMNS", "compute_normalization", "load_split", "make_loaders",
@@ -92,7 +92,11 @@ def _eyepacs_root(config: TrainConfig) -> Path:
             raise ValueError(f"data_dir: {root} is neither a synthetic set (no {SYNTHETIC_MARKER}) nor empty; "
                              f"choose a new folder to generate the set into")
         generate_synthetic(root, n_train=config.n_train, n_test=config.n_test, size=config.image_size,
-                           seed=config.seed, progress=config.progress)
+                           seed=config.seed, progress=config.progress, label_rule=config.label_rule)
+    recorded = read_label_rule(root)
+    if str(recorded) != str(config.label_rule):
+        raise ValueError(f"label_rule: {root} was generated with label rule {recorded}, not {config.label_rule}; "
+                         f"choose another data folder")
     return root / "eyepacs"
 
 

@@ -21,12 +21,16 @@ def synth(
     n_test: int = typer.Option(40, "--n-test", help="Test images (both DiaretDB1 layouts)."),
     size: int = typer.Option(256, "--size", help="Fundus disc diameter in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+    label_rule: Optional[str] = typer.Option(None, "--label-rule", help="Known-evidence control, TYPE:k: RDR iff at "
+                                             "least k lesions of TYPE (e.g. red_small_dots:1), the other types drawn "
+                                             "independently of the label; default: the DR grade decides."),
 ) -> None:
     """Write the built-in semi-synthetic fundus set (see retina_fgvis.datasets.synthetic.generate_synthetic)."""
     from retina_fgvis.datasets.synthetic import generate_synthetic
 
     try:
-        paths = generate_synthetic(out, n_train=n_train, n_test=n_test, size=size, seed=seed, progress=True)
+        paths = generate_synthetic(out, n_train=n_train, n_test=n_test, size=size, seed=seed, progress=True,
+                                   label_rule=label_rule)
     except ValueError as error:
         fail(error)
     console = Console(soft_wrap=True, highlight=False)

@@ -2,7 +2,10 @@
 
 Builds the set, trains a small classifier, localizes the lesions with FGVis and with Grad-CAM,
 scores and compares both, and writes the HTML report (measured: 16.8 min on two shared CPU cores,
-docs/localize.md). :func:`run_demo` is the same pipeline for a notebook.
+docs/localize.md). :func:`run_demo` is the same pipeline for a notebook. ``--control`` adds the
+known-evidence control (:func:`run_control`, docs/evaluation.md): a set whose label one lesion type
+decides, a classifier trained on it, FGVis on its test images and the explainer's sensitivity on the
+deciding type against the independent types and chance.
 """
 from __future__ import annotations
 
@@ -13,8 +16,24 @@ from typing import Any
 
 import typer
 
+from retina_fgvis._io import atomic_write_json
 from retina_fgvis.cli._app import app, console, fail
 from retina_fgvis.localize import LocalizeConfig, localize
+
+#: The control's default label rule: RDR iff the image holds at least one hard exudate.
+CONTROL_RULE = "hard_exudates:1"
+
+
+@dataclass
+class ControlResult:
+    """Where the known-evidence control wrote its set, model and FGVis run, its result (``control.json``) and time."""
+
+    out: Path
+    checkpoint: Path
+    run: Path
+    control: dict[str, Any]
+    seconds: float
+
 
 @dataclass
 class DemoResult:
@@ -26,11 +45,46 @@ class DemoResult:
     comparison: dict[str, Any]
     report: Path
     seconds: float
+    control: ControlResult | None = None
+
+
+def run_control(out: str | Path = "demo_out/control", rule: str = CONTROL_RULE, device: str = "auto",
+                progress: bool = True, *, n_train: int = 600, n_test: int = 24, size: int = 128,
+                epochs: int | None = None, width: int | None = None, max_iter: int = 500,
+                seed: int = 0) -> ControlResult:
+    """Known-evidence control: label-rule set -> classifier -> FGVis run (paper protocol) -> ``control.json``.
+
+    Args:
+        out: folder for ``data/`` (the set, its rule in ``data/synthetic.json``), ``model/``, ``fgvis/`` (the
+            scored run) and ``control.json`` (:func:`retina_fgvis.evaluation.control.known_evidence`).
+        rule: ``"TYPE:k"``: RDR iff at least k lesions of TYPE, the other types independent of the label.
+        device, n_train, n_test, size, epochs, width, max_iter, seed: as for :func:`run_demo`.
+
+    Resumes like :func:`run_demo`. Prints the control's table.
+    """
+    from retina_fgvis.evaluation.control import control_table, known_evidence
+    from retina_fgvis.evaluation.localization import score_run
+    from retina_fgvis.training import TrainConfig, train
+
+    started = time.perf_counter()
+    out = Path(out)
+    checkpoint = train(TrainConfig(
+        dataset="synthetic", data_dir=out / "data", out=out / "model", image_size=size, n_train=n_train,
+        n_test=n_test, epochs=epochs, width=width, seed=seed, device=device, label_rule=rule,
+        resume=(out / "model" / "last.pt").is_file(), progress=progress)).best_checkpoint
+    run = localize(LocalizeConfig(data_dir=out / "data", checkpoint=checkpoint, out=out / "fgvis", dataset="synthetic",
+                                  device=device, max_iter=max_iter, seed=seed, progress=progress))
+    control = known_evidence(score_run(run, progress=progress), rule)
+    atomic_write_json(out / "control.json", control)
+    console.print(control_table(control))
+    return ControlResult(out=out, checkpoint=checkpoint, run=run, control=control,
+                         seconds=time.perf_counter() - started)
 
 
 def run_demo(out: str | Path = "demo_out", device: str = "auto", progress: bool = True, *,
              n_train: int = 600, n_test: int = 24, size: int = 128, epochs: int | None = None,
-             width: int | None = None, max_iter: int = 500, seed: int = 0) -> DemoResult:
+             width: int | None = None, max_iter: int = 500, seed: int = 0,
+             control: str | None = None) -> DemoResult:
     """Synthetic set -> trained classifier -> FGVis and Grad-CAM runs -> comparison and report.
 
     Args:
@@ -41,14 +95,18 @@ def run_demo(out: str | Path = "demo_out", device: str = "auto", progress: bool 
         epochs, width: classifier training epochs and :class:`FundusCNN` width (``None``: ``train``'s defaults).
         max_iter: FGVis step limit (everything else is the paper's medical protocol, λ = 1e-10 included).
         seed: seeds the set, the training and FGVis.
+        control: a label rule ``"TYPE:k"``: also run :func:`run_control` with it, into ``out/control`` at the
+            same sizes; ``None``: no control.
 
     Every step resumes: a rerun into the same folder continues the training and the runs where they stopped.
     """
     from retina_fgvis.evaluation.compare import compare_runs, comparison_table
     from retina_fgvis.evaluation.localization import score_run, summary_table
     from retina_fgvis.evaluation.report import write_report
+    from retina_fgvis.datasets.synthetic import LabelRule
     from retina_fgvis.training import TrainConfig, train
 
+    LabelRule.parse(control)  # a bad rule stops here, not after the main run
     started = time.perf_counter()
     out = Path(out)
     data = out / "data"
@@ -66,8 +124,11 @@ def run_demo(out: str | Path = "demo_out", device: str = "auto", progress: bool 
     comparison = compare_runs([runs["fgvis"], runs["gradcam"]], out, progress=progress)
     console.print(comparison_table(comparison))
     report = write_report(runs["fgvis"], comparison=comparison)
+    control_result = None if control is None else run_control(
+        out / "control", control, device, progress, n_train=n_train, n_test=n_test, size=size, epochs=epochs,
+        width=width, max_iter=max_iter, seed=seed)
     return DemoResult(out=out, checkpoint=checkpoint, runs=runs, comparison=comparison, report=report,
-                      seconds=time.perf_counter() - started)
+                      seconds=time.perf_counter() - started, control=control_result)
 
 
 @app.command("demo")
@@ -75,11 +136,18 @@ def demo_command(
     out: Path = typer.Option(Path("demo_out"), "--out", help="Folder for the data, model, runs and report."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    control: bool = typer.Option(False, "--control", help="Also run the known-evidence control (OUT/control): a set "
+                                 "whose RDR label one lesion type decides, FGVis's sensitivity on it vs the others "
+                                 "vs chance."),
+    control_rule: str = typer.Option(CONTROL_RULE, "--control-rule", help="The control's label rule, TYPE:k (RDR iff "
+                                     "at least k lesions of TYPE)."),
 ) -> None:
     """Build the semi-synthetic set, train, localize with FGVis and Grad-CAM, compare, write the report."""
     try:
-        result = run_demo(out, device=device, progress=progress)
+        result = run_demo(out, device=device, progress=progress, control=control_rule if control else None)
     except ValueError as error:
         fail(error)
+    if result.control is not None:
+        console.print(f"control: {result.control.out / 'control.json'}", soft_wrap=True)
     console.print(f"comparison: {result.out / 'comparison.json'}", soft_wrap=True)
     console.print(f"report: {result.report}  ({result.seconds / 60:.1f} min)", soft_wrap=True)

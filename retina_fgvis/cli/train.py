@@ -50,6 +50,8 @@ def train_command(
     graham: bool = typer.Option(False, "--graham", help="Graham-normalise the images."),
     n_train: Optional[int] = typer.Option(None, help="Synthetic only: images generated for training + validation "
                                           "(default 800)."),
+    label_rule: Optional[str] = typer.Option(None, "--label-rule", help="Synthetic only: the known-evidence control, "
+                                             "TYPE:k (RDR iff at least k lesions of TYPE; see `synth --label-rule`)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train the fundus CNN (RDR vs non-RDR) with MONAI; works under torchrun for several GPUs."""
@@ -60,7 +62,8 @@ def train_command(
     config = TrainConfig(dataset=dataset.value, data_dir=data_dir, out=out, epochs=epochs, image_size=image_size,
                          batch_size=batch_size, lr=lr, width=width, layout=layout.value,
                          label_smoothing=label_smoothing, device=device, resume=resume, seed=seed,
-                         workers=workers, tensorboard=tensorboard, graham=graham, progress=progress, **synthetic)
+                         workers=workers, tensorboard=tensorboard, graham=graham, label_rule=label_rule,
+                         progress=progress, **synthetic)
     try:
         result = train(config)
     except ValueError as error:

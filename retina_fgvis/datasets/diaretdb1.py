@@ -47,7 +47,7 @@ from skimage import draw
 
 from retina_fgvis.checks import check_int
 from retina_fgvis.datasets.errors import DatasetError
-from retina_fgvis.datasets.fundus import crop_to_fov, fov_mask, graham_normalize, read_rgb
+from retina_fgvis.datasets.fundus import CropGeometry, crop_to_fov, fov_mask, graham_normalize, read_rgb
 
 LESION_TYPES = ("hard_exudates", "soft_exudates", "hemorrhages", "red_small_dots")
 #: XML ``markingtype`` -> lesion type. Other marking types (Disc, Fundus_area, IRMA,
@@ -84,13 +84,16 @@ _ID = re.compile(r"image(\d{3})")
 class FundusSample:
     """One image with its ground truth, all at the same resolution H×W.
 
-    image: uint8 H×W×3 RGB; fov: bool H×W; lesions: lesion type -> bool H×W (all of LESION_TYPES).
+    image: uint8 H×W×3 RGB; fov: bool H×W; lesions: lesion type -> bool H×W (all of LESION_TYPES);
+    geometry: how the photograph was cropped and resized to H×W (``geometry.to_photograph`` maps a mask
+    back onto it), ``None`` for an image at its native resolution.
     """
 
     image_id: str
     image: np.ndarray
     fov: np.ndarray
     lesions: dict[str, np.ndarray] = field(default_factory=dict)
+    geometry: CropGeometry | None = None
 
 
 @dataclass(frozen=True)
@@ -324,11 +327,12 @@ class DiaretDB1(ABC):
         if not image_fov.any():
             raise DatasetError(path, "no field of view found (the image is black)")
         fov = self.fov(image_fov)
+        geometry = None
         if size is not None:
-            image, fov, lesions = crop_to_fov(image, fov, size=size, masks=lesions, box_fov=image_fov)
+            image, fov, lesions, geometry = crop_to_fov(image, fov, size=size, masks=lesions, box_fov=image_fov)
         if graham:
             image = graham_normalize(image, fov)
-        return FundusSample(image_id, image, fov, lesions)
+        return FundusSample(image_id, image, fov, lesions, geometry)
 
     # -- layout hooks -----------------------------------------------------------------------
     @abstractmethod

@@ -92,12 +92,71 @@ def fov_mask(image: np.ndarray, threshold: float | None = None) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == largest)
 
 
+class CropGeometry(NamedTuple):
+    """Where :func:`crop_to_fov` took its square from, and how to map results back onto the photograph.
+
+    The square of side ``side`` px whose top-left corner lies at row ``top``, column ``left`` of the
+    ``height``×``width`` photograph (it may reach past the photograph's edges: padded with black) was
+    resized to ``size``×``size``. Photograph pixel (y, x) is square pixel ((y − top)·size/side,
+    (x − left)·size/side).
+    """
+
+    height: int
+    width: int
+    top: int
+    left: int
+    side: int
+    size: int
+
+    @classmethod
+    def of(cls, box_fov: np.ndarray, size: int | None = None) -> "CropGeometry":
+        """The geometry of the bounding box of ``box_fov`` (bool H×W, not empty) made square; ``size=None``: unscaled."""
+        height, width = box_fov.shape
+        rows = np.flatnonzero(box_fov.any(axis=1))
+        cols = np.flatnonzero(box_fov.any(axis=0))
+        y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+        side = max(y1 - y0, x1 - x0)
+        top = y0 - (side - (y1 - y0)) // 2
+        left = x0 - (side - (x1 - x0)) // 2
+        return cls(int(height), int(width), int(top), int(left), int(side), int(side if size is None else size))
+
+    def square(self, array: np.ndarray) -> np.ndarray:
+        """H×W(×C) photograph array -> its ``side``×``side`` square, zero outside the photograph."""
+        out = np.zeros((self.side, self.side) + array.shape[2:], array.dtype)
+        ya, yb, xa, xb = self._overlap()
+        out[ya - self.top : yb - self.top, xa - self.left : xb - self.left] = array[ya:yb, xa:xb]
+        return out
+
+    def to_photograph(self, mask: np.ndarray) -> np.ndarray:
+        """Inverse of the crop for a bool ``size``×``size`` mask -> bool ``height``×``width``.
+
+        Resized to the square's side with :func:`resize_mask` (nearest neighbour when enlarging, so every
+        photograph pixel takes the value of the square pixel it fell into), then the padding is cut off
+        and the square placed back where it was cropped; pixels outside the square are False.
+        """
+        mask = np.asarray(mask, bool)
+        if mask.shape != (self.size, self.size):
+            raise ValueError(f"mask: shape {mask.shape} differs from the crop's {(self.size, self.size)}")
+        square = resize_mask(mask, self.side)
+        out = np.zeros((self.height, self.width), bool)
+        ya, yb, xa, xb = self._overlap()
+        out[ya:yb, xa:xb] = square[ya - self.top : yb - self.top, xa - self.left : xb - self.left]
+        return out
+
+    def _overlap(self) -> tuple[int, int, int, int]:
+        """Rows ya:yb and columns xa:xb of the photograph that lie inside the square."""
+        return (max(self.top, 0), min(self.top + self.side, self.height),
+                max(self.left, 0), min(self.left + self.side, self.width))
+
+
 class Cropped(NamedTuple):
-    """Result of :func:`crop_to_fov`: image (S×S×3 uint8), fov (S×S bool), masks (name -> S×S bool)."""
+    """Result of :func:`crop_to_fov`: image (S×S×3 uint8), fov (S×S bool), masks (name -> S×S bool) and the
+    :class:`CropGeometry` that maps them back onto the photograph."""
 
     image: np.ndarray
     fov: np.ndarray
     masks: dict[str, np.ndarray]
+    geometry: CropGeometry
 
 
 def crop_to_fov(
@@ -118,6 +177,7 @@ def crop_to_fov(
         box_fov: the mask whose bounding box defines the crop; ``fov`` if None. Readers pass the
             image-derived FOV here so that every source of one image is cropped identically.
 
+    Returns :class:`Cropped`; its ``geometry`` (:class:`CropGeometry`) undoes the crop, pad and resize.
     Raises ValueError (DatasetError) when the FOV is empty or shapes disagree.
     """
     image = _check_rgb(image)
@@ -128,31 +188,19 @@ def crop_to_fov(
     masks = {name: _check_mask(mask, (height, width), f"masks[{name!r}]") for name, mask in (masks or {}).items()}
     if not box_source.any():
         raise DatasetError(None, "empty field of view (the image is black)")
-    rows = np.flatnonzero(box_source.any(axis=1))
-    cols = np.flatnonzero(box_source.any(axis=0))
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    side = max(y1 - y0, x1 - x0)
-    top = y0 - (side - (y1 - y0)) // 2
-    left = x0 - (side - (x1 - x0)) // 2
-
-    def square(array: np.ndarray) -> np.ndarray:
-        out = np.zeros((side, side) + array.shape[2:], array.dtype)
-        sy0, sx0 = max(top, 0), max(left, 0)
-        sy1, sx1 = min(top + side, height), min(left + side, width)
-        out[sy0 - top : sy1 - top, sx0 - left : sx1 - left] = array[sy0:sy1, sx0:sx1]
-        return out
-
-    image_sq, fov_sq = square(image), square(fov)
-    masks_sq = {name: square(mask) for name, mask in masks.items()}
-    if size is None or size == side:
-        return Cropped(image_sq, fov_sq, masks_sq)
-    shrinking = size < side
-    dsize = (size, size)
+    geometry = CropGeometry.of(box_source, size)
+    image_sq, fov_sq = geometry.square(image), geometry.square(fov)
+    masks_sq = {name: geometry.square(mask) for name, mask in masks.items()}
+    if geometry.size == geometry.side:
+        return Cropped(image_sq, fov_sq, masks_sq, geometry)
+    shrinking = geometry.size < geometry.side
+    dsize = (geometry.size, geometry.size)
     image_out = cv2.resize(image_sq, dsize, interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
     return Cropped(
         image_out,
-        resize_mask(fov_sq, size, min_coverage=0.5),
-        {name: resize_mask(mask, size) for name, mask in masks_sq.items()},
+        resize_mask(fov_sq, geometry.size, min_coverage=0.5),
+        {name: resize_mask(mask, geometry.size) for name, mask in masks_sq.items()},
+        geometry,
     )
 
 

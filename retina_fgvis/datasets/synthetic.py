@@ -14,9 +14,11 @@ soft exudates      pale, fuzzy-edged patches (cotton-wool spots)
 
 Distractors appear in every class: thin vessel-like dark lines, soft bright reflections, small
 whitish specks of light reflex and out-of-focus dust shadows. The DR grade follows from the
-lesions (:func:`dr_grade`); RDR = grade ≥ 2. Four simulated experts mark every lesion (circle,
-ellipse or polygon) with their own size bias, border jitter, occasional misses and a confidence
-level that follows the lesion's contrast.
+lesions (:func:`dr_grade`); RDR = grade ≥ 2. Under a :class:`LabelRule` (the known-evidence
+control) one lesion type alone decides the label instead: RDR iff the image holds at least ``k``
+lesions of that type, every other type drawn independently of the label. Four simulated experts
+mark every lesion (circle, ellipse or polygon) with their own size bias, border jitter, occasional
+misses and a confidence level that follows the lesion's contrast.
 
 Layout written by :func:`generate_synthetic` (see ``data/README.md``)::
 
@@ -29,6 +31,7 @@ Layout written by :func:`generate_synthetic` (see ``data/README.md``)::
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +73,11 @@ _EXPERT_MISS = (1.0, 0.7, 1.4, 1.0)
 # Base miss probability per lesion type for a lesion of average contrast.
 _MISS = {"red_small_dots": 0.15, "hemorrhages": 0.06, "hard_exudates": 0.08, "soft_exudates": 0.12}
 _CONFIDENCE_NAMES = ("Low", "Medium", "High")
+#: Known-evidence control: probability of RDR (training set, test set) and, per lesion type, the
+#: chance that an image holds that type when it does not decide the label, and its count range.
+RULE_RDR_P = (0.5, 0.75)
+_RULE_OTHERS = {"red_small_dots": (0.5, 1, 9), "hemorrhages": (0.5, 1, 7), "hard_exudates": (0.5, 1, 5),
+                "soft_exudates": (0.4, 1, 4)}
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,64 @@ class SyntheticPaths:
     diaretdb1: Path
     diaretdb1_v1: Path
     images_csv: Path
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """The known-evidence control: RDR iff an image holds at least ``min_count`` lesions of ``lesion_type``.
+
+    Written ``"TYPE:k"`` on the command line (:meth:`parse`, :meth:`__str__`). Under the rule the
+    deciding type's count is drawn given the label (``k`` to ``2k + 3`` lesions for RDR, ``0`` to
+    ``k − 1`` otherwise), the other types independently of it (:data:`RULE_RDR_P` gives the share
+    of RDR images). The grade written in the EyePACS ``level`` column is 2 for RDR and 0 otherwise.
+    """
+
+    lesion_type: str
+    min_count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.lesion_type not in LESION_TYPES:
+            raise ValueError(f"label_rule: unknown lesion type {self.lesion_type!r}; expected one of "
+                             f"{', '.join(LESION_TYPES)}")
+        check_int("label_rule", self.min_count, minimum=1)
+
+    @classmethod
+    def parse(cls, rule: "str | LabelRule | None") -> "LabelRule | None":
+        """``"red_small_dots:3"`` (or ``"red_small_dots"``: k = 1), a rule, or None -> rule or None."""
+        if rule is None or isinstance(rule, LabelRule):
+            return rule
+        lesion_type, _, count = str(rule).partition(":")
+        try:
+            min_count = int(count) if count else 1
+        except ValueError:
+            raise ValueError(f"label_rule: expected TYPE:k (e.g. red_small_dots:3), got {rule!r}") from None
+        return cls(lesion_type.strip(), min_count)
+
+    def __str__(self) -> str:
+        return f"{self.lesion_type}:{self.min_count}"
+
+    def rdr(self, counts: dict[str, int]) -> bool:
+        """The label the rule gives an image with these lesion counts."""
+        return counts.get(self.lesion_type, 0) >= self.min_count
+
+    def counts(self, rng: np.random.Generator, rdr: bool) -> dict[str, int]:
+        """Lesion counts of an image with label ``rdr``: only the deciding type depends on it."""
+        counts = {}
+        for lesion, (p_present, low, high) in _RULE_OTHERS.items():
+            counts[lesion] = int(rng.integers(low, high)) if rng.random() < p_present else 0
+        k = self.min_count
+        counts[self.lesion_type] = int(rng.integers(k, 2 * k + 4)) if rdr else int(rng.integers(0, k))
+        return {lesion: counts[lesion] for lesion in LESION_TYPES}
+
+
+def read_label_rule(root: str | os.PathLike) -> LabelRule | None:
+    """The label rule recorded in a synthetic set's ``synthetic.json`` (None: the grade decides the label)."""
+    path = Path(root) / "synthetic.json"
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["config"].get("label_rule")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"data_dir: {path} is not a synthetic set's record") from None
+    return None if recorded is None else LabelRule(recorded["lesion_type"], int(recorded["min_count"]))
 
 
 def dr_grade(counts: dict[str, int]) -> int:
@@ -107,6 +173,7 @@ def generate_synthetic(
     size: int = 256,
     seed: int = 0,
     progress: bool = False,
+    label_rule: str | LabelRule | None = None,
 ) -> SyntheticPaths:
     """Write the semi-synthetic set: ``n_train`` EyePACS-layout training images (both eyes of
     ``ceil(n_train / 2)`` patients) and ``n_test`` test images in both DiaretDB1 layouts.
@@ -114,8 +181,11 @@ def generate_synthetic(
     Images are ``size`` px high and ``1.25·size`` wide with a ``size``-px fundus disc, so
     ``crop_to_fov(..., size=size)`` returns them unscaled. Deterministic for a seed: image ``i``
     of each set depends only on ``(seed, set, i)``. Files are written atomically; existing files
-    of an earlier run in ``out`` are overwritten.
+    of an earlier run in ``out`` are overwritten. ``label_rule`` (:class:`LabelRule` or ``"TYPE:k"``)
+    makes the known-evidence control: the label follows that rule instead of the grade; it is
+    recorded in ``synthetic.json`` (:func:`read_label_rule`).
     """
+    rule = LabelRule.parse(label_rule)
     for name, value, low in (("n_train", n_train, 0), ("n_test", n_test, 0), ("size", size, 32)):
         check_int(name, value, minimum=low)
     if n_test > 999:
@@ -132,18 +202,18 @@ def generate_synthetic(
         task = bar.add_task("synthesising", total=n_train + n_test, status="", visible=progress)
         for index, (image_id, eye_code, grade) in enumerate(_training_plan(n_train, seed)):
             rng = np.random.default_rng([seed, 0, index])
-            image, lesions = painter.paint(rng, grade, eye_code)
+            image, lesions = painter.paint(rng, grade, eye_code, _rule_counts(rule, seed, 0, index))
             _, jpeg = cv2.imencode(".jpeg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
             atomic_write_bytes(paths.eyepacs / "train" / f"{image_id}.jpeg", jpeg.tobytes())
-            rows.append(_row("train", image_id, lesions))
+            rows.append(_row("train", image_id, lesions, rule))
             bar.advance(task)
         for index in range(n_test):
             rng = np.random.default_rng([seed, 1, index])
             grade = int(rng.choice(5, p=TEST_GRADE_P))
-            image, lesions = painter.paint(rng, grade, int(rng.random() < 0.5))
+            image, lesions = painter.paint(rng, grade, int(rng.random() < 0.5), _rule_counts(rule, seed, 1, index))
             image_id = f"image{index + 1:03d}"
             _write_test_image(paths, image_id, image, _annotate(rng, lesions, image.shape[:2]))
-            rows.append(_row("test", image_id, lesions))
+            rows.append(_row("test", image_id, lesions, rule))
             bar.advance(task)
     table = pd.DataFrame(rows)
     train = table[table["set"] == "train"]
@@ -153,7 +223,10 @@ def generate_synthetic(
     _write_fmask_tif(paths.diaretdb1_v1 / V1_FMASK, painter.disc)
     atomic_write_csv(paths.images_csv, table)
     write_run_info(root, {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed,
-                          "train_grade_p": TRAIN_GRADE_P, "test_grade_p": TEST_GRADE_P}, name="synthetic.json")
+                          "train_grade_p": TRAIN_GRADE_P, "test_grade_p": TEST_GRADE_P,
+                          "label_rule": None if rule is None else {
+                              "rule": str(rule), "lesion_type": rule.lesion_type, "min_count": rule.min_count,
+                              "rdr_p": RULE_RDR_P, "others": _RULE_OTHERS}}, name="synthetic.json")
     return paths
 
 
@@ -170,9 +243,17 @@ def _training_plan(n_train: int, seed: int) -> list[tuple[str, int, int]]:
     return plan[:n_train]
 
 
-def _row(image_set: str, image_id: str, lesions: list["_Lesion"]) -> dict:
+def _rule_counts(rule: LabelRule | None, seed: int, image_set: int, index: int) -> dict[str, int] | None:
+    """Lesion counts under ``rule`` from their own random stream (the painting's stream stays as without a rule)."""
+    if rule is None:
+        return None
+    rng = np.random.default_rng([seed, 3, image_set, index])
+    return rule.counts(rng, bool(rng.random() < RULE_RDR_P[image_set]))
+
+
+def _row(image_set: str, image_id: str, lesions: list["_Lesion"], rule: LabelRule | None) -> dict:
     counts = {lesion: sum(item.kind == lesion for item in lesions) for lesion in LESION_TYPES}
-    grade = dr_grade(counts)
+    grade = dr_grade(counts) if rule is None else 2 * rule.rdr(counts)
     return {"set": image_set, "image": image_id, "grade": grade, "rdr": int(grade >= 2), **{f"n_{k}": v for k, v in counts.items()}}
 
 
@@ -272,13 +353,15 @@ class _Painter:
         return np.array(self.center)
 
     # -- one image -----------------------------------------------------------------------------
-    def paint(self, rng: np.random.Generator, grade: int, eye: int) -> tuple[np.ndarray, list[_Lesion]]:
-        """uint8 H×W×3 RGB image of the given DR grade and its painted lesions."""
+    def paint(self, rng: np.random.Generator, grade: int, eye: int,
+              counts: dict[str, int] | None = None) -> tuple[np.ndarray, list[_Lesion]]:
+        """uint8 H×W×3 RGB image of the given DR grade (or with the given lesion counts) and its painted lesions."""
         image, forward = self._background(rng, eye)
         optic_disc = forward[:, :2] @ np.array(self.optic_disc) + forward[:, 2]
         macula = forward[:, :2] @ np.full(2, (self.texture.shape[0] - 1) / 2.0) + forward[:, 2]
         self._distractors(rng, image, optic_disc)
-        counts = _lesion_counts(rng, grade)
+        # Drawn here, after the background, so that a set without a label rule keeps its images.
+        counts = _lesion_counts(rng, grade) if counts is None else counts
         lesions: list[_Lesion] = []
         for _ in range(counts["hemorrhages"]):
             lesions.append(self._hemorrhage(rng, image, self._place(rng, optic_disc)))

@@ -45,3 +45,16 @@ def test_errors_are_one_red_line_and_exit_code_2(tmp_path):
     result = runner.invoke(app, ["prepare", "eyepacs", str(tmp_path / "missing"), str(tmp_path / "dst")])
     assert result.exit_code == 2 and "source folder not found" in result.output
     assert "Traceback" not in result.output
+
+
+def test_synth_label_rule_is_recorded_and_checked(tmp_path):
+    from retina_fgvis.datasets.synthetic import LabelRule, read_label_rule
+
+    out = tmp_path / "control"
+    result = runner.invoke(app, ["synth", str(out), "--n-train", "2", "--n-test", "1", "--size", "64",
+                                 "--label-rule", "red_small_dots:2"])
+    assert result.exit_code == 0, result.output
+    assert read_label_rule(out) == LabelRule("red_small_dots", 2)
+    bad = runner.invoke(app, ["synth", str(tmp_path / "bad"), "--label-rule", "drusen:2"])
+    assert bad.exit_code == 2 and "label_rule: unknown lesion type 'drusen'" in bad.output
+    assert not (tmp_path / "bad").exists()

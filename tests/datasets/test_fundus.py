@@ -124,3 +124,23 @@ def test_load_fundus_crops_resizes_and_names_black_images(tmp_path):
     black = write_image(tmp_path / "black.png", np.zeros((20, 20, 3), np.uint8))
     with pytest.raises(DatasetError, match="black.png"):
         load_fundus(black)
+
+
+def test_crop_geometry_maps_masks_back_onto_the_photograph():
+    # A disc cut off at the top and bottom, like DiaretDB1's: the square reaches past the photograph.
+    ys, xs = np.mgrid[0:115, 0:150]
+    image = np.zeros((115, 150, 3), np.uint8)
+    image[(xs - 77) ** 2 + (ys - 57) ** 2 <= 60**2] = (190, 90, 50)
+    lesion = (xs - 100) ** 2 + (ys - 40) ** 2 <= 4**2
+    crop = crop_to_fov(image, size=32, masks={"lesion": lesion})
+    geometry = crop.geometry
+    assert (geometry.height, geometry.width, geometry.size) == (115, 150, 32)
+    assert geometry.top < 0 and geometry.side > 115  # padded rows above and below
+    back = geometry.to_photograph(crop.masks["lesion"])
+    assert back.shape == (115, 150) and back[lesion].all()  # the lesion is covered where it was
+    reach = int(np.ceil(geometry.side / geometry.size))  # one square pixel, in photograph pixels
+    near = cv2.dilate(lesion.astype(np.uint8), np.ones((2 * reach + 1,) * 2, np.uint8)).astype(bool)
+    assert not (back & ~near).any()  # and nowhere else
+    assert not geometry.to_photograph(np.zeros((32, 32), bool)).any()
+    with pytest.raises(ValueError, match="mask"):
+        geometry.to_photograph(np.zeros((16, 16), bool))

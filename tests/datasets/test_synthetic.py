@@ -90,3 +90,46 @@ def test_invalid_settings(tmp_path):
         generate_synthetic(tmp_path, n_train=2, n_test=0, size=8)
     with pytest.raises(ValueError, match="nothing to generate"):
         generate_synthetic(tmp_path, n_train=0, n_test=0)
+
+
+def test_label_rule_decides_the_label_alone(tmp_path):
+    import json
+
+    from retina_fgvis.datasets.synthetic import LabelRule, _rule_counts, read_label_rule
+
+    paths = generate_synthetic(tmp_path / "control", n_train=8, n_test=4, size=64, seed=5, label_rule="hemorrhages:2")
+    rule = read_label_rule(paths.root)
+    assert rule == LabelRule("hemorrhages", 2)
+    assert json.loads((paths.root / "synthetic.json").read_text())["config"]["label_rule"]["rule"] == "hemorrhages:2"
+    images = pd.read_csv(paths.images_csv)
+    assert (images["rdr"] == (images["n_hemorrhages"] >= 2)).all() and (images["grade"] == 2 * images["rdr"]).all()
+    table = load_eyepacs_table(paths.eyepacs)
+    assert table["label"].tolist() == images.set_index("image").loc[table["image"], "rdr"].tolist()
+    test = images[images["set"] == "test"].reset_index(drop=True)
+    for index, row in test.iterrows():  # every drawn lesion is painted and counted
+        assert {t: row[f"n_{t}"] for t in LESION_TYPES} == _rule_counts(rule, 5, 1, index)
+    assert read_label_rule(generate_synthetic(tmp_path / "plain", n_train=0, n_test=1, size=64).root) is None
+
+
+def test_label_rule_draws_the_other_types_independently_of_the_label():
+    from retina_fgvis.datasets.synthetic import LabelRule
+
+    rule = LabelRule.parse("red_small_dots:3")
+    for seed in range(300):
+        positive = rule.counts(np.random.default_rng(seed), True)
+        negative = rule.counts(np.random.default_rng(seed), False)
+        assert positive["red_small_dots"] >= 3 > negative["red_small_dots"] >= 0
+        assert rule.rdr(positive) and not rule.rdr(negative)
+        # Same random draws, other label: every other type is exactly the same, so none carries the label.
+        assert {t: v for t, v in positive.items() if t != "red_small_dots"} == \
+               {t: v for t, v in negative.items() if t != "red_small_dots"}
+    draws = [rule.counts(np.random.default_rng(seed), True) for seed in range(300)]
+    assert all(0.3 < np.mean([d[t] > 0 for d in draws]) < 0.7 for t in LESION_TYPES if t != "red_small_dots")
+    assert str(rule) == "red_small_dots:3" and LabelRule.parse("hard_exudates") == LabelRule("hard_exudates", 1)
+
+
+@pytest.mark.parametrize("text", ["optic_disc:1", "red_small_dots:0", "red_small_dots:x"])
+def test_bad_label_rule_names_the_argument(tmp_path, text):
+    with pytest.raises(ValueError, match="label_rule"):
+        generate_synthetic(tmp_path / "bad", n_train=0, n_test=1, size=64, label_rule=text)
+    assert not (tmp_path / "bad").exists()

@@ -112,3 +112,17 @@ def test_bad_network_settings_are_refused_before_anything_is_written(tmp_path, s
     with pytest.raises(ValueError, match=message):
         train(TrainConfig(dataset="synthetic", out=tmp_path / "run", device="cpu", progress=False, **settings))
     assert not (tmp_path / "run").exists()
+
+
+def test_label_rule_of_another_set_or_dataset(tmp_path, tiny_eyepacs, tiny_config, snapshot):
+    from retina_fgvis.datasets.synthetic import generate_synthetic
+
+    _fails_without_writing(tiny_config(tiny_eyepacs, tmp_path / "out", label_rule="hemorrhages:1"),
+                           "label_rule: only the synthetic set", snapshot)
+    _fails_without_writing(tiny_config(None, tmp_path / "out", dataset="synthetic", label_rule="hemorrhages:one"),
+                           r"label_rule: expected TYPE:k", snapshot)
+    data = generate_synthetic(tmp_path / "set", n_train=4, n_test=0, size=48).root  # made without a rule
+    before = snapshot(data)
+    _fails_without_writing(tiny_config(data, tmp_path / "out", dataset="synthetic", label_rule="hemorrhages:1"),
+                           "label_rule: .* was generated with label rule None, not hemorrhages:1", snapshot)
+    assert snapshot(data) == before
