@@ -26,7 +26,8 @@ from retina_fgvis.viz import DETECTION_COLOUR, LESION_COLOURS, LESION_NAMES, hea
 
 THUMB_SIZE = 180
 #: Display names of the methods ``retina_fgvis.localize`` writes.
-METHOD_NAMES = {"fgvis": "FGVis", "gradcam": "Grad-CAM", "occlusion": "Occlusion"}
+METHOD_NAMES = {"fgvis": "FGVis", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "gradient": "Gradient",
+                "smoothgrad": "SmoothGrad", "occlusion": "Occlusion", "random": "Random map"}
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
