@@ -8,6 +8,12 @@ Each run is scored three ways, per lesion type, on the images all runs share:
   map cannot win by marking half the retina;
 * **chance**: the own-threshold mask (and the matched-area mask) rotated by the seeded random angle
   of :func:`retina_fgvis.evaluation.localization.chance_mask`.
+
+Each run also gets FROC curves per lesion type over both sweeps of :mod:`retina_fgvis.evaluation.froc`
+(relative threshold and area) with their ROC scores. Every lesion sensitivity and every ROC score gets a
+bootstrap 95 % interval (:mod:`retina_fgvis.evaluation.bootstrap`; the same ``seed``-ed image resamples for
+all runs), and ``intervals_overlap`` says, for each run after the first, per lesion type and setting, whether
+its interval overlaps the first run's (``False``: the intervals are disjoint).
 """
 from __future__ import annotations
 
@@ -33,7 +39,11 @@ from retina_fgvis.evaluation.localization import (
 )
 from retina_fgvis._io import atomic_write_csv, atomic_write_json
 from retina_fgvis.binarize import binarize_top_fraction
+from retina_fgvis.checks import check_int
 from retina_fgvis.datasets import LESION_TYPES
+from retina_fgvis.evaluation.bootstrap import LEVEL, N_RESAMPLES, intervals_overlap, pooled_ratio_interval, \
+    resample_images
+from retina_fgvis.evaluation.froc import ROC_FP_RATES, SWEEPS, FROCCurve
 
 #: The scored settings, in table order.
 SETTINGS = ("own_threshold", "matched_area", "chance", "chance_matched_area")
@@ -68,7 +78,8 @@ def _labels(runs) -> list[str]:
 
 
 def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, dataset: Any = None,
-                 tolerance: int = 0, seed: int = 0, *, progress: bool = False) -> dict[str, Any]:
+                 tolerance: int = 0, seed: int = 0, *, n_resamples: int = N_RESAMPLES,
+                 progress: bool = False) -> dict[str, Any]:
     """Score several runs side by side; matched area uses the FIRST run's own-threshold area per image.
 
     Args:
@@ -76,22 +87,33 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         out_dir: where ``comparison.json`` and ``comparison.csv`` are written (atomically).
         dataset: ground truth, see :func:`retina_fgvis.evaluation.localization.open_ground_truth`
             (``None`` = the first run's recorded data_dir).
-        tolerance / seed: as in :func:`retina_fgvis.evaluation.localization.score_run`.
+        tolerance / seed: as in :func:`retina_fgvis.evaluation.localization.score_run`; ``seed`` also seeds
+            the bootstrap.
+        n_resamples: bootstrap resamples of the images.
 
     Returns:
         The comparison dict: ``runs`` (per run: method, label, area fractions and the full metric
-        summary of every setting) and ``lesion_sensitivity[label][lesion_type][setting]`` with
-        setting in ``own_threshold``, ``matched_area``, ``chance``, ``chance_matched_area``.
+        summary of every setting), ``lesion_sensitivity[label][lesion_type][setting]`` with
+        setting in ``own_threshold``, ``matched_area``, ``chance``, ``chance_matched_area``,
+        ``lesion_sensitivity_ci`` (same keys, ``[low, high]``), ``froc[label][sweep]`` (the
+        :meth:`FROCCurve.summary` plus ``roc_score_ci`` per lesion type), ``intervals_overlap`` and
+        ``bootstrap`` (its settings). Also writes ``froc.csv`` (one row per curve point) and
+        ``froc_scores.csv``.
     """
     if isinstance(runs, (str, os.PathLike)) or not runs:
         raise ValueError("runs: give a list of at least one run folder")
     tolerance, seed = check_tolerance(tolerance), check_seed(seed)
+    check_int("n_resamples", n_resamples, minimum=1)
     opened = [open_run(run) for run in runs]
     common = sorted(set.intersection(*(set(run.image_ids) for run in opened)))
     if not common:
         raise ValueError(f"runs: the runs {[str(r.path) for r in opened]} share no finished image")
     ground_truth = open_ground_truth(dataset, opened[0])
     scorers = [{setting: LocalizationScorer(tolerance) for setting in SETTINGS} for _ in opened]
+    curves = [{sweep: FROCCurve(sweep, tolerance=tolerance) for sweep in SWEEPS} for _ in opened]
+    # Per run, setting and lesion type: (hits, lesions) of every image, for the bootstrap.
+    counts: list[dict[str, dict[str, list[tuple[int, int]]]]] = [
+        {setting: {t: [] for t in LESION_TYPES} for setting in SETTINGS} for _ in opened]
     own_areas: list[list[float]] = [[] for _ in opened]
     outcomes: list[list[bool]] = [[] for _ in opened]  # stop rule met, per image (FGVis runs only)
     for image_id, sample, maps, records in iter_scored_images(opened, ground_truth, common, progress, "comparing"):
@@ -107,15 +129,36 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                 "chance_matched_area": chance_mask(matched, sample.fov, image_id, seed)[0],
             }
             for setting, mask in masks.items():
-                scorers[index][setting].update(mask, sample.lesions)
+                per_type, _ = scorers[index][setting].update(mask, sample.lesions)
+                for t in LESION_TYPES:
+                    counts[index][setting][t].append((per_type[t]["n_hit"], per_type[t]["n_lesions"]))
+            for curve in curves[index].values():
+                curve.update(importance, sample.fov, sample.lesions)
             own_areas[index].append(area)
             if record.get("success") is not None:
                 outcomes[index].append(bool(record["success"]))
 
     labels = _labels(opened)
-    entries, sensitivity, rows = [], {}, []
-    for run, label, run_scorers, areas, met in zip(opened, labels, scorers, own_areas, outcomes):
+    resamples = resample_images(len(common), n_resamples, seed)
+    entries, sensitivity, intervals, froc, rows, froc_rows, score_rows = [], {}, {}, {}, [], [], []
+    for run, label, run_scorers, areas, met, run_counts, run_curves in zip(
+            opened, labels, scorers, own_areas, outcomes, counts, curves):
         summaries = {setting: run_scorers[setting].summary() for setting in SETTINGS}
+        intervals[label] = {t: {setting: list(pooled_ratio_interval(*zip(*run_counts[setting][t]), resamples))
+                                for setting in SETTINGS} for t in LESION_TYPES}
+        froc[label] = {}
+        for sweep, curve in run_curves.items():
+            summary, score_ci = curve.summary(), curve.score_interval(resamples)
+            for t in LESION_TYPES:
+                summary["lesion_types"][t]["roc_score_ci"] = list(score_ci[t])
+                score_rows.append({"method": label, "sweep": sweep, "lesion_type": t,
+                                   "roc_score": summary["lesion_types"][t]["roc_score"],
+                                   "ci_low": score_ci[t][0], "ci_high": score_ci[t][1]})
+                for point, fp, value in zip(summary["operating_points"], summary["fp_per_image"],
+                                            summary["lesion_types"][t]["sensitivity"]):
+                    froc_rows.append({"method": label, "sweep": sweep, "operating_point": point, "lesion_type": t,
+                                      "fp_per_image": fp, "lesion_sensitivity": value})
+            froc[label][sweep] = summary
         entries.append({
             "run": str(run.path.resolve()),
             "method": run.method,
@@ -135,6 +178,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
                              **{k: summaries[setting][k][t] for k in (
                                  "lesion_sensitivity", "n_lesions", "n_hit", "pixel_sensitivity",
                                  "pixel_precision", "image_detection")},
+                             "ci_low": intervals[label][t][setting][0], "ci_high": intervals[label][t][setting][1],
                              "fp_components_per_image": summaries[setting]["fp_components_per_image"]})
     comparison = nan_to_none({
         "format_version": FORMAT_VERSION,
@@ -147,11 +191,34 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         "settings": list(SETTINGS),
         "lesion_sensitivity": sensitivity,
         "runs": entries,
+        "bootstrap": {"unit": "image", "n_resamples": n_resamples, "seed": seed, "level": LEVEL},
+        "lesion_sensitivity_ci": intervals,
+        "froc": froc,
+        "roc_fp_rates": list(ROC_FP_RATES),
+        "intervals_overlap": _overlaps(labels, intervals, froc),
     })
     out = Path(out_dir)
+    atomic_write_csv(out / "froc.csv", pd.DataFrame(froc_rows))
+    atomic_write_csv(out / "froc_scores.csv", pd.DataFrame(score_rows))
     atomic_write_csv(out / "comparison.csv", pd.DataFrame(rows))
     atomic_write_json(out / "comparison.json", comparison)
     return comparison
+
+
+#: The interval pairs compared in ``intervals_overlap``: two sensitivity settings and the two ROC scores.
+OVERLAP_KEYS = ("own_threshold", "matched_area", "froc_relative", "froc_area")
+
+
+def _overlaps(labels: list[str], intervals: dict, froc: dict) -> dict[str, dict[str, dict[str, bool | None]]]:
+    """For each run after the first: per lesion type and :data:`OVERLAP_KEYS`, whether its interval meets the first's."""
+    def interval(label: str, t: str, key: str):
+        if key.startswith("froc_"):
+            return froc[label][key.removeprefix("froc_")]["lesion_types"][t]["roc_score_ci"]
+        return intervals[label][t][key]
+
+    reference = labels[0]
+    return {label: {t: {key: intervals_overlap(interval(reference, t, key), interval(label, t, key))
+                        for key in OVERLAP_KEYS} for t in LESION_TYPES} for label in labels[1:]}
 
 
 def comparison_table(comparison: dict[str, Any]) -> Table:
@@ -171,11 +238,78 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
     area_row = ["FOV marked"]
     for entry in comparison["runs"]:
         area_row += [percent(entry[key], unit=False) for key in ("area_fraction", "matched_area_fraction")] + [""]
+    intervals = comparison.get("lesion_sensitivity_ci", {})
     for lesion_type in comparison["lesion_types"]:
         cells = [lesion_type]
         for label in labels:
             values = comparison["lesion_sensitivity"][label][lesion_type]
-            cells += [percent(values[key], unit=False) for key in ("own_threshold", "matched_area", "chance")]
+            ci = intervals.get(label, {}).get(lesion_type, {})
+            cells += [percent(values[key], unit=False) + with_interval(ci.get(key))
+                      for key in ("own_threshold", "matched_area")] + [percent(values["chance"], unit=False)]
         table.add_row(*cells)
     table.add_row(*area_row, style="dim")
     return table
+
+
+def with_interval(interval: Sequence[float | None] | None) -> str:
+    """``" [12.0–30.5]"`` (in %) for a ``[low, high]`` interval; ``""`` when there is none."""
+    if not interval or any(value is None for value in interval):
+        return ""
+    return f" [{percent(interval[0], unit=False)}–{percent(interval[1], unit=False)}]"
+
+
+def froc_table(comparison: dict[str, Any]) -> Table:
+    """A rich table of the ROC scores (mean FROC sensitivity at 1/8 … 8 FP per image) with their intervals."""
+    boot = comparison["bootstrap"]
+    table = Table(title=f"FROC: ROC score (%), {comparison['n_images']} images",
+                  caption=f"mean lesion sensitivity at {', '.join(f'{r:g}' for r in comparison['roc_fp_rates'])} "
+                          f"false-positive components per image; relative = threshold sweep, area = FOV-fraction "
+                          f"sweep; [{boot['level']:.0%} bootstrap interval over images, {boot['n_resamples']} "
+                          f"resamples, seed {boot['seed']}]")
+    table.add_column("lesion type", no_wrap=True)
+    labels = list(comparison["froc"])
+    sweeps = list(SWEEPS)
+    for label in labels:
+        for sweep in sweeps:
+            table.add_column(f"{label}\n{sweep}", justify="right")
+    for lesion_type in comparison["lesion_types"]:
+        cells = [lesion_type]
+        for label in labels:
+            for sweep in sweeps:
+                entry = comparison["froc"][label][sweep]["lesion_types"][lesion_type]
+                cells.append(percent(entry["roc_score"], unit=False) + with_interval(entry["roc_score_ci"]))
+        table.add_row(*cells)
+    return table
+
+
+#: How :func:`overlap_lines` names the interval pairs.
+OVERLAP_NAMES = {"own_threshold": "sensitivity at its own threshold", "matched_area": "sensitivity at matched area",
+                 "froc_relative": "ROC score, relative sweep", "froc_area": "ROC score, area sweep"}
+
+
+def overlap_lines(comparison: dict[str, Any]) -> list[str]:
+    """One sentence per run after the first: where its intervals and the first run's are disjoint."""
+    reference = comparison["reference"]["method"]
+    lines = []
+    for label, per_type in comparison.get("intervals_overlap", {}).items():
+        disjoint, judged = [], 0
+        for lesion_type, keys in per_type.items():
+            for key, overlap in keys.items():
+                judged += overlap is not None
+                if overlap is False:
+                    first, other = _point(comparison, reference, lesion_type, key), _point(
+                        comparison, label, lesion_type, key)
+                    better = reference if first > other else label
+                    disjoint.append(f"{lesion_type} {OVERLAP_NAMES[key]} ({better} higher)")
+        if disjoint:
+            lines.append(f"{label} vs {reference}: intervals disjoint for " + "; ".join(disjoint)
+                         + f"; they overlap for the other {judged - len(disjoint)} of {judged}.")
+        else:
+            lines.append(f"{label} vs {reference}: all {judged} intervals overlap (no difference shown).")
+    return lines
+
+
+def _point(comparison: dict[str, Any], label: str, lesion_type: str, key: str) -> float:
+    if key.startswith("froc_"):
+        return comparison["froc"][label][key.removeprefix("froc_")]["lesion_types"][lesion_type]["roc_score"]
+    return comparison["lesion_sensitivity"][label][lesion_type][key]
