@@ -36,6 +36,7 @@ from retina_fgvis.evaluation.localization import (
     open_ground_truth,
     open_run,
     own_threshold_detection,
+    with_interval,
 )
 from retina_fgvis._io import atomic_write_csv, atomic_write_json
 from retina_fgvis.binarize import binarize_top_fraction
@@ -249,13 +250,6 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
         table.add_row(*cells)
     table.add_row(*area_row, style="dim")
     return table
-
-
-def with_interval(interval: Sequence[float | None] | None) -> str:
-    """``" [12.0–30.5]"`` (in %) for a ``[low, high]`` interval; ``""`` when there is none."""
-    if not interval or any(value is None for value in interval):
-        return ""
-    return f" [{percent(interval[0], unit=False)}–{percent(interval[1], unit=False)}]"
 
 
 def froc_table(comparison: dict[str, Any]) -> Table:

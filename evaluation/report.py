@@ -21,9 +21,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from retina_fgvis.evaluation.compare import OVERLAP_NAMES, overlap_lines, read_comparison, with_interval
+from retina_fgvis.evaluation.compare import OVERLAP_NAMES, overlap_lines, read_comparison
 from retina_fgvis.evaluation.froc import SWEEPS
-from retina_fgvis.evaluation.localization import RunFolderError, percent
+from retina_fgvis.evaluation.localization import RunFolderError, percent, with_interval
 from retina_fgvis._io import atomic_write_text
 from retina_fgvis.viz import DETECTION_COLOUR, LESION_COLOURS, LESION_NAMES, heatmap, thumbnail
 
@@ -178,12 +178,17 @@ def _summary_html(summary: Mapping[str, Any]) -> str:
                       for key in ("lesion_sensitivity", "chance_lesion_sensitivity")) if success else ""
         sens, chance = summary["lesion_sensitivity"][lesion_type], summary["chance"]["lesion_sensitivity"][lesion_type]
         better = sens is not None and chance is not None and sens > chance
+        # Intervals: absent in summaries written before the bootstrap.
+        sens_ci = summary.get("lesion_sensitivity_ci", {}).get(lesion_type)
+        chance_ci = summary["chance"].get("lesion_sensitivity_ci", {}).get(lesion_type)
+        sens_text = percent(sens) + with_interval(sens_ci) if sens is not None else None
+        chance_text = percent(chance) + with_interval(chance_ci) if chance is not None else None
         rows.append(
             f'<tr><td><span class="swatch" style="background:{_rgb(LESION_COLOURS[lesion_type])}"></span>'
             f"{escape(LESION_NAMES[lesion_type])}</td>"
             f"<td>{summary['n_lesions'][lesion_type]}</td><td>{summary['n_hit'][lesion_type]}</td>"
-            + _cell(sens, css="good" if better else "")
-            + _cell(chance) + met + _cell(summary["pixel_sensitivity"][lesion_type])
+            + _cell(sens, sens_text, css="good" if better else "")
+            + _cell(chance, chance_text) + met + _cell(summary["pixel_sensitivity"][lesion_type])
             + _cell(summary["pixel_precision"][lesion_type]) + _cell(summary["image_detection"][lesion_type])
             + "</tr>"
         )
