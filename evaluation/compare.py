@@ -196,8 +196,8 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         "lesion_sensitivity_ci": intervals,
         "froc": froc,
         "roc_fp_rates": list(ROC_FP_RATES),
-        "intervals_overlap": _overlaps(labels, intervals, froc),
     })
+    comparison["intervals_overlap"] = _overlaps(comparison)
     out = Path(out_dir)
     atomic_write_csv(out / "froc.csv", pd.DataFrame(froc_rows))
     atomic_write_csv(out / "froc_scores.csv", pd.DataFrame(score_rows))
@@ -206,20 +206,18 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     return comparison
 
 
-#: The interval pairs compared in ``intervals_overlap``: two sensitivity settings and the two ROC scores.
-OVERLAP_KEYS = ("own_threshold", "matched_area", "froc_relative", "froc_area")
+#: The measures with intervals (compared in ``intervals_overlap``), in table order, and their short names.
+INTERVAL_MEASURES = {"own_threshold": "sens., own", "matched_area": "sens., matched", "froc_relative": "ROC, relative",
+                     "froc_area": "ROC, area"}
+OVERLAP_KEYS = tuple(INTERVAL_MEASURES)
 
 
-def _overlaps(labels: list[str], intervals: dict, froc: dict) -> dict[str, dict[str, dict[str, bool | None]]]:
+def _overlaps(comparison: dict[str, Any]) -> dict[str, dict[str, dict[str, bool | None]]]:
     """For each run after the first: per lesion type and :data:`OVERLAP_KEYS`, whether its interval meets the first's."""
-    def interval(label: str, t: str, key: str):
-        if key.startswith("froc_"):
-            return froc[label][key.removeprefix("froc_")]["lesion_types"][t]["roc_score_ci"]
-        return intervals[label][t][key]
-
-    reference = labels[0]
-    return {label: {t: {key: intervals_overlap(interval(reference, t, key), interval(label, t, key))
-                        for key in OVERLAP_KEYS} for t in LESION_TYPES} for label in labels[1:]}
+    labels = list(comparison["lesion_sensitivity"])
+    return {label: {t: {key: intervals_overlap(_measure(comparison, labels[0], t, key)[1],
+                                               _measure(comparison, label, t, key)[1])
+                        for key in OVERLAP_KEYS} for t in comparison["lesion_types"]} for label in labels[1:]}
 
 
 def comparison_table(comparison: dict[str, Any]) -> Table:
@@ -239,41 +237,49 @@ def comparison_table(comparison: dict[str, Any]) -> Table:
     area_row = ["FOV marked"]
     for entry in comparison["runs"]:
         area_row += [percent(entry[key], unit=False) for key in ("area_fraction", "matched_area_fraction")] + [""]
-    intervals = comparison.get("lesion_sensitivity_ci", {})
     for lesion_type in comparison["lesion_types"]:
         cells = [lesion_type]
         for label in labels:
             values = comparison["lesion_sensitivity"][label][lesion_type]
-            ci = intervals.get(label, {}).get(lesion_type, {})
-            cells += [percent(values[key], unit=False) + with_interval(ci.get(key))
-                      for key in ("own_threshold", "matched_area")] + [percent(values["chance"], unit=False)]
+            cells += [percent(values[key], unit=False) for key in ("own_threshold", "matched_area", "chance")]
         table.add_row(*cells)
     table.add_row(*area_row, style="dim")
     return table
 
 
-def froc_table(comparison: dict[str, Any]) -> Table:
-    """A rich table of the ROC scores (mean FROC sensitivity at 1/8 … 8 FP per image) with their intervals."""
+def interval_table(comparison: dict[str, Any]) -> Table:
+    """A rich table, one row per method × measure (sensitivity at its own threshold, at matched area, ROC score
+    of each FROC sweep), one column per lesion type: the value and its bootstrap interval, in %."""
     boot = comparison["bootstrap"]
-    table = Table(title=f"FROC: ROC score (%), {comparison['n_images']} images",
-                  caption=f"mean lesion sensitivity at {', '.join(f'{r:g}' for r in comparison['roc_fp_rates'])} "
-                          f"false-positive components per image; relative = threshold sweep, area = FOV-fraction "
-                          f"sweep; [{boot['level']:.0%} bootstrap interval over images, {boot['n_resamples']} "
-                          f"resamples, seed {boot['seed']}]")
-    table.add_column("lesion type", no_wrap=True)
-    labels = list(comparison["froc"])
-    sweeps = list(SWEEPS)
-    for label in labels:
-        for sweep in sweeps:
-            table.add_column(f"{label}\n{sweep}", justify="right")
+    rates = ", ".join(f"{rate:g}" for rate in comparison["roc_fp_rates"])
+    table = Table(title=f"Lesion sensitivity and FROC ROC score (%), {comparison['n_images']} images, "
+                        f"[{boot['level']:.0%} bootstrap interval]",
+                  caption=f"ROC score = mean lesion sensitivity at {rates} false-positive components per image; "
+                          "relative = threshold sweep, area = FOV-fraction sweep; intervals over images, "
+                          f"{boot['n_resamples']} resamples, seed {boot['seed']}")
+    table.add_column("method", no_wrap=True)
+    table.add_column("measure", no_wrap=True)
     for lesion_type in comparison["lesion_types"]:
-        cells = [lesion_type]
-        for label in labels:
-            for sweep in sweeps:
-                entry = comparison["froc"][label][sweep]["lesion_types"][lesion_type]
-                cells.append(percent(entry["roc_score"], unit=False) + with_interval(entry["roc_score_ci"]))
-        table.add_row(*cells)
+        table.add_column(lesion_type, justify="right")
+    for label in comparison["froc"]:
+        for key, name in INTERVAL_MEASURES.items():
+            cells = []
+            for lesion_type in comparison["lesion_types"]:
+                value, interval = _measure(comparison, label, lesion_type, key)
+                cells.append(percent(value, unit=False) + with_interval(interval))
+            table.add_row(label if key == "own_threshold" else "", name, *cells,
+                          end_section=key == "froc_area")
     return table
+
+
+
+def _measure(comparison: dict[str, Any], label: str, lesion_type: str, key: str) -> tuple[Any, Any]:
+    """``(value, [low, high])`` of one measure of :data:`INTERVAL_MEASURES`."""
+    if key.startswith("froc_"):
+        entry = comparison["froc"][label][key.removeprefix("froc_")]["lesion_types"][lesion_type]
+        return entry["roc_score"], entry["roc_score_ci"]
+    return (comparison["lesion_sensitivity"][label][lesion_type][key],
+            comparison["lesion_sensitivity_ci"][label][lesion_type][key])
 
 
 #: How :func:`overlap_lines` names the interval pairs.
@@ -291,8 +297,7 @@ def overlap_lines(comparison: dict[str, Any]) -> list[str]:
             for key, overlap in keys.items():
                 judged += overlap is not None
                 if overlap is False:
-                    first, other = _point(comparison, reference, lesion_type, key), _point(
-                        comparison, label, lesion_type, key)
+                    first, other = (_measure(comparison, name, lesion_type, key)[0] for name in (reference, label))
                     better = reference if first > other else label
                     disjoint.append(f"{lesion_type} {OVERLAP_NAMES[key]} ({better} higher)")
         if disjoint:
@@ -301,9 +306,3 @@ def overlap_lines(comparison: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"{label} vs {reference}: all {judged} intervals overlap (no difference shown).")
     return lines
-
-
-def _point(comparison: dict[str, Any], label: str, lesion_type: str, key: str) -> float:
-    if key.startswith("froc_"):
-        return comparison["froc"][label][key.removeprefix("froc_")]["lesion_types"][lesion_type]["roc_score"]
-    return comparison["lesion_sensitivity"][label][lesion_type][key]

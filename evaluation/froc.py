@@ -2,9 +2,14 @@
 
 A localization map is binarized at a sweep of operating points, each restricted to the field of view (FOV):
 
-* ``"relative"``: ``importance ≥ t · max`` for the thresholds :data:`RELATIVE_THRESHOLDS` (strict to loose);
+* ``"relative"``: ``importance ≥ t · max`` for the thresholds :data:`RELATIVE_THRESHOLDS` (strict to loose),
+  within the top :data:`MAX_AREA` of the FOV;
 * ``"area"``: the top ``a · |FOV|`` pixels (:func:`retina_fgvis.binarize.binarize_top_fraction`) for the
   area fractions :data:`AREA_FRACTIONS`, the same for every method (a threshold-free comparison).
+
+Neither sweep marks more than :data:`MAX_AREA` (20 %) of an image's FOV: a map binarized to most of the
+retina is one component touching every lesion, all hits and no false positive, which would make the
+flattest map (a random one) the best.
 
 At each operating point, pooled over images: lesion-level **sensitivity** per lesion type (``Σ hits / Σ lesions``,
 a lesion is an 8-connected component of the consensus mask, hit when the detection dilated by ``tolerance``
@@ -39,13 +44,15 @@ from retina_fgvis.datasets import LESION_TYPES
 from retina_fgvis.evaluation.bootstrap import LEVEL, percentile_interval
 from retina_fgvis.evaluation.localization import check_tolerance, dilate
 
-__all__ = ["AREA_FRACTIONS", "FROCCurve", "RELATIVE_THRESHOLDS", "ROC_FP_RATES", "SWEEPS", "roc_score"]
+__all__ = ["AREA_FRACTIONS", "FROCCurve", "MAX_AREA", "RELATIVE_THRESHOLDS", "ROC_FP_RATES", "SWEEPS", "roc_score"]
 
 #: Relative thresholds (fraction of each map's maximum), strict to loose; 0.04 is the paper's.
 RELATIVE_THRESHOLDS = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.15, 0.1, 0.07, 0.04, 0.02, 0.01)
 #: Area fractions of the FOV, strict to loose.
 AREA_FRACTIONS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 SWEEPS = {"relative": RELATIVE_THRESHOLDS, "area": AREA_FRACTIONS}
+#: Largest share of an image's FOV a sweep point may mark.
+MAX_AREA = AREA_FRACTIONS[-1]
 #: False positives per image at which the Retinopathy Online Challenge reads the sensitivity.
 ROC_FP_RATES = (1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8)
 
@@ -102,12 +109,13 @@ class FROCCurve:
         self._lesions: list[np.ndarray] = []
         self._false_positives: list[np.ndarray] = []
 
-    def _detection(self, importance: np.ndarray, point: float, fov: np.ndarray) -> np.ndarray:
+    def _detection(self, importance: np.ndarray, point: float, fov: np.ndarray, cap: np.ndarray) -> np.ndarray:
+        """One point's detection; ``cap`` = the top :data:`MAX_AREA` of the FOV."""
         if not importance.max() > 0:  # an empty map detects nothing at any point (as binarize_relative rules)
             return np.zeros(importance.shape, bool)
         if self.sweep == "relative":
-            return binarize_relative(importance, point) & fov
-        return binarize_top_fraction(importance, point, fov=fov) & fov
+            return binarize_relative(importance, point) & cap
+        return binarize_top_fraction(importance, min(point, MAX_AREA), fov=fov) & fov
 
     def update(self, importance: np.ndarray, fov: np.ndarray, lesions: Mapping[str, np.ndarray]) -> None:
         """Add one image: H×W importance map (high = important), bool FOV, ``{lesion_type: bool H×W}`` masks."""
@@ -118,8 +126,9 @@ class FROCCurve:
         any_lesion = dilate(np.logical_or.reduce([label > 0 for label in labels]), self.tolerance)
         hits = np.zeros((len(self.operating_points), len(self.lesion_types)), int)
         false_positives = np.zeros(len(self.operating_points), int)
+        cap = binarize_top_fraction(importance, MAX_AREA, fov=fov) & fov if self.sweep == "relative" else None
         for index, point in enumerate(self.operating_points):
-            detection = self._detection(importance, point, fov)
+            detection = self._detection(importance, point, fov, cap)
             reach = dilate(detection, self.tolerance)
             for column, label in enumerate(labels):
                 hits[index, column] = np.unique(label[reach & (label > 0)]).size

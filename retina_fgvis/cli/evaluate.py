@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from retina_fgvis.evaluation.compare import compare_runs, comparison_table, froc_table, overlap_lines
+from retina_fgvis.evaluation.compare import compare_runs, comparison_table, interval_table, overlap_lines
 from retina_fgvis.evaluation.localization import diaretdb1_root, score_run, summary_table
 from retina_fgvis.evaluation.report import write_report
 from retina_fgvis.cli._app import app, console, fail
@@ -71,7 +71,7 @@ def compare(
     except ValueError as error:
         fail(error)
     console.print(comparison_table(comparison))
-    console.print(froc_table(comparison))
+    console.print(interval_table(comparison))
     for line in overlap_lines(comparison):
         console.print(line, highlight=False)
     console.print(f"wrote {out / 'comparison.json'}, comparison.csv, froc.csv and froc_scores.csv", highlight=False)

@@ -87,7 +87,7 @@ def test_a_version_1_comparison_reads_as_the_current_format(tmp_path, scene, fgv
 
 
 def test_comparison_has_froc_and_bootstrap_intervals(tmp_path, scene, fgvis_maps, blurry_maps, make_run):
-    from retina_fgvis.evaluation.compare import froc_table, overlap_lines
+    from retina_fgvis.evaluation.compare import interval_table, overlap_lines
     from retina_fgvis.evaluation.froc import SWEEPS
 
     runs = [make_run(tmp_path / "fgvis", "fgvis", fgvis_maps), make_run(tmp_path / "gradcam", "gradcam", blurry_maps)]
@@ -112,6 +112,6 @@ def test_comparison_has_froc_and_bootstrap_intervals(tmp_path, scene, fgvis_maps
     assert len(points) == 2 * len(LESION_TYPES) * sum(len(p) for p in SWEEPS.values())
     assert len(pd.read_csv(tmp_path / "cmp" / "froc_scores.csv")) == 2 * len(SWEEPS) * len(LESION_TYPES)
     assert {"ci_low", "ci_high"} <= set(pd.read_csv(tmp_path / "cmp" / "comparison.csv").columns)
-    assert froc_table(comparison).row_count == len(LESION_TYPES)
+    assert interval_table(comparison).row_count == 2 * 4 and len(interval_table(comparison).columns) == 2 + 4
     (line,) = overlap_lines(comparison)
     assert line.startswith("gradcam vs fgvis:")

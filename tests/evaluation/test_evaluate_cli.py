@@ -63,7 +63,7 @@ def test_score_compare_report(tiny_set, tmp_path):
     assert result.exit_code == 0, result.output
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert comparison["bootstrap"]["n_resamples"] == 50
-    assert "FROC: ROC score" in result.output and "gradcam vs fgvis:" in result.output    # FROC table, overlaps
+    assert "FROC ROC score" in result.output and "gradcam vs fgvis:" in result.output    # FROC table, overlaps
     assert (tmp_path / "cmp" / "froc.csv").is_file() and (tmp_path / "cmp" / "froc_scores.csv").is_file()
     assert list(comparison["lesion_sensitivity"]) == ["fgvis", "gradcam"]
     for t in present:   # outside the FOV nothing counts: the border map detects nothing at its threshold

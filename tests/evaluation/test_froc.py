@@ -84,3 +84,15 @@ def test_bad_froc_settings_raise():
         FROCCurve("area", [])
     with pytest.raises(ValueError, match="no image"):
         FROCCurve().summary()
+
+
+def test_a_flat_map_gains_nothing_from_marking_the_whole_retina(scene):
+    # Without the cap, a constant-ish map at loose thresholds is one component touching every lesion: all hits,
+    # no false positive. Both sweeps mark at most 20 % of the FOV.
+    flat = {image_id: np.linspace(1.0, 0.99, 32 * 32, dtype=np.float32).reshape(32, 32) for image_id in scene.samples}
+    for sweep in ("relative", "area"):
+        curve = FROCCurve(sweep, [0.01] if sweep == "relative" else [0.5])
+        for image_id, sample in scene.samples.items():
+            curve.update(flat[image_id], sample.fov, sample.lesions)
+        hits, _, _ = curve.counts()
+        assert hits.sum() < 5                                              # top 20 %: rows 0–6, few lesions
