@@ -235,14 +235,15 @@ def _froc_figure(comparison: Mapping[str, Any]) -> str:
         for index, label in enumerate(froc):
             for sweep, style in styles.items():
                 curve = froc[label][sweep]
-                points = sorted((fp, sens) for fp, sens in zip(curve["fp_per_image"],
-                                                                curve["lesion_types"][lesion_type]["sensitivity"])
-                                if fp is not None and sens is not None)
+                # In sweep order, strict to loose: the false-positive count can fall as regions merge.
+                points = [(fp, sens) for fp, sens in zip(curve["fp_per_image"],
+                                                          curve["lesion_types"][lesion_type]["sensitivity"])
+                          if fp is not None and sens is not None]
                 if points:
                     fp, sens = zip(*points)
                     # A point with no false positive is drawn at the left edge of the log axis.
                     axis.plot(np.maximum(fp, 1 / 16), sens, style, marker=".", color=f"C{index}",
-                              label=f"{_display(label)}, {sweep}")
+                              label=_display(label) if sweep == "relative" else None)
         for rate in comparison["roc_fp_rates"]:
             axis.axvline(rate, color="0.85", linewidth=0.6, zorder=0)
         axis.set(xscale="log", xlim=(1 / 16, 64), ylim=(0, 1.02), title=LESION_NAMES.get(lesion_type, lesion_type),
@@ -250,7 +251,9 @@ def _froc_figure(comparison: Mapping[str, Any]) -> str:
         axis.set_xticks(comparison["roc_fp_rates"], ["1/8", "1/4", "1/2", "1", "2", "4", "8"])
     axes[0].set_ylabel("lesion sensitivity")
     if types:
-        axes[-1].legend(fontsize=6, loc="lower right")
+        handles, names = axes[0].get_legend_handles_labels()  # one entry per method
+        figure.legend(handles, names, loc="outside right upper", fontsize=7, title="solid: relative\ndashed: area",
+                      title_fontsize=7)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
