@@ -4,7 +4,11 @@ Localization against lesion markings (fundus):
 
 * :mod:`retina_fgvis.evaluation.localization`: ``score_run`` and the stateful metrics (``LesionSensitivity``,
   ``ImageDetection``, ``PixelOverlap``, ``FalsePositiveComponents``);
-* :mod:`retina_fgvis.evaluation.compare`: ``compare_runs`` (own threshold, matched area, chance control);
+* :mod:`retina_fgvis.evaluation.compare`: ``compare_runs`` (own threshold, matched area, chance control, FROC,
+  intervals and where they overlap);
+* :mod:`retina_fgvis.evaluation.froc`: ``FROCCurve`` (sensitivity against false-positive components per image
+  over a sweep of operating points) and ``roc_score`` (the Retinopathy Online Challenge score);
+* :mod:`retina_fgvis.evaluation.bootstrap`: bootstrap confidence intervals over images;
 * :mod:`retina_fgvis.evaluation.report`: ``write_report`` (the static HTML report for clinicians);
 * :mod:`retina_fgvis.evaluation.control`: ``known_evidence`` (the known-evidence control on a label-rule set).
 

@@ -13,6 +13,8 @@ Protocol (stated in full in ``docs/evaluation.md``; the paper leaves it open):
   False-positive components: 8-connected components of ``B`` touching no lesion of any type, per image.
 * **Chance control.** The same binarized mask rotated about the image centre by a seeded random angle
   in [45°, 315°] (nearest neighbour), restricted to the FOV, scored the same way.
+* **Intervals.** Every lesion sensitivity (and its chance control) gets a 95 % bootstrap interval over
+  images (:mod:`retina_fgvis.evaluation.bootstrap`, resamples seeded with ``seed``).
 * **Success.** For a method with a stop rule (FGVis), ``summary["success"]`` counts the explanations
   that met it and repeats the lesion sensitivity (and its chance control) over those images only;
   ``None`` for the baselines.
@@ -39,6 +41,7 @@ from skimage import measure, transform
 from retina_fgvis._io import atomic_write_csv, atomic_write_json
 from retina_fgvis.binarize import binarize_relative, check_threshold
 from retina_fgvis.datasets import LESION_TYPES, open_diaretdb1
+from retina_fgvis.evaluation.bootstrap import LEVEL, N_RESAMPLES, pooled_ratio_interval, resample_images
 from retina_fgvis.runtime import progress_bar
 
 #: Smallest rotation of the chance control, in degrees (a near-zero angle would not be chance).
@@ -425,14 +428,15 @@ def nan_to_none(value: Any) -> Any:
 
 
 def score_run(run_dir: str | os.PathLike, dataset: Any = None, tolerance: int = 0, seed: int = 0,
-              *, progress: bool = False) -> dict[str, Any]:
+              *, n_resamples: int = N_RESAMPLES, progress: bool = False) -> dict[str, Any]:
     """Score one localization run against the consensus lesion masks (protocol: module docstring).
 
     Args:
         run_dir: run folder written by ``retina_fgvis.localize``.
         dataset: ground truth, see :func:`open_ground_truth` (``None`` = the run's recorded data_dir).
         tolerance: hit tolerance in pixels (disk dilation of the binarized mask), ≥ 0.
-        seed: seed of the chance-control rotation angles.
+        seed: seed of the chance-control rotation angles and of the bootstrap.
+        n_resamples: bootstrap resamples of the images.
         progress: show a progress bar.
 
     Writes ``run_dir/per_image.csv`` (one row per image × lesion type) and ``run_dir/summary.json``
@@ -485,6 +489,12 @@ def score_run(run_dir: str | os.PathLike, dataset: Any = None, tolerance: int = 
     for column in ("detected", "chance_detected", "success"):
         frame[column] = frame[column].astype("boolean")
     atomic_write_csv(run.path / "per_image.csv", frame)
+    resamples = resample_images(len(run.image_ids), n_resamples, seed)
+    by_type = {t: group.set_index("image_id").loc[list(run.image_ids)] for t, group in frame.groupby("lesion_type")}
+
+    def intervals(hits: str) -> dict[str, list[float]]:
+        return {t: list(pooled_ratio_interval(by_type[t][hits], by_type[t]["n_lesions"], resamples))
+                for t in LESION_TYPES}
 
     prob_before, prob_after = (np.asarray(column, dtype=float) for column in zip(*probs))
     chance_summary = chance_scorer.summary()
@@ -513,7 +523,10 @@ def score_run(run_dir: str | os.PathLike, dataset: Any = None, tolerance: int = 
         **scorer.summary(),
         "chance": {key: chance_summary[key] for key in (
             "lesion_sensitivity", "n_hit", "pixel_sensitivity", "pixel_precision", "image_detection",
-            "fp_components_per_image")} | {"min_angle": CHANCE_MIN_ANGLE},
+            "fp_components_per_image")} | {"min_angle": CHANCE_MIN_ANGLE,
+                                            "lesion_sensitivity_ci": intervals("chance_hits")},
+        "lesion_sensitivity_ci": intervals("n_hit"),
+        "bootstrap": {"unit": "image", "n_resamples": n_resamples, "seed": seed, "level": LEVEL},
         "rdr_probability": {"before": _nanmean(prob_before), "after": _nanmean(prob_after)},
         "success": success_summary,
     }
@@ -533,6 +546,13 @@ def percent(value: Any, unit: bool = True) -> str:
     return f"{100 * value:.1f} %" if unit else f"{100 * value:.1f}"
 
 
+def with_interval(interval: Sequence[float | None] | None) -> str:
+    """``" [12.0–30.5]"`` (in %) for a ``[low, high]`` interval; ``""`` when there is none or it is undefined."""
+    if not interval or any(value is None or math.isnan(value) for value in interval):
+        return ""
+    return f" [{percent(interval[0], unit=False)}–{percent(interval[1], unit=False)}]"
+
+
 def summary_table(summary: Mapping[str, Any]) -> Table:
     """A rich table of one run's ``summary.json``: one row per lesion type, values in %."""
     success = summary.get("success")
@@ -543,7 +563,9 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
                         f"{summary['fp_components_per_image']:.1f} false-positive components / image",
                   caption="sens. = lesion-level sensitivity; chance = the rotated mask's; "
                           + ("sens. (met) = over the explanations that met the stop rule; " if success else "")
-                          + "values in %")
+                          + "values in %"
+                          + (f"; [{summary['bootstrap']['level']:.0%} bootstrap interval over images]"
+                             if "bootstrap" in summary else ""))
     table.add_column("lesion type", no_wrap=True)
     columns = ["lesions", "hit", "sens.", "chance"] + (["sens. (met)", "chance (met)"] if success else [])
     for column in columns + ["pixel sens.", "pixel prec.", "image det."]:
@@ -555,9 +577,11 @@ def summary_table(summary: Mapping[str, Any]) -> Table:
             lesion_type,
             str(summary["n_lesions"][lesion_type]),
             str(summary["n_hit"][lesion_type]),
-            *(percent(value, unit=False) for value in (
-                summary["lesion_sensitivity"][lesion_type],
-                summary["chance"]["lesion_sensitivity"][lesion_type],
+            *(percent(value, unit=False) + with_interval(interval) for value, interval in (
+                (summary["lesion_sensitivity"][lesion_type],
+                 summary.get("lesion_sensitivity_ci", {}).get(lesion_type)),
+                (summary["chance"]["lesion_sensitivity"][lesion_type],
+                 summary["chance"].get("lesion_sensitivity_ci", {}).get(lesion_type)),
             )),
             *met_cells,
             *(percent(value, unit=False) for value in (

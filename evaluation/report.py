@@ -15,19 +15,23 @@ from html import escape
 from pathlib import Path
 from typing import Any, Mapping
 
+import io
+
 import cv2
 import numpy as np
 import pandas as pd
 
-from retina_fgvis.evaluation.compare import read_comparison
-from retina_fgvis.evaluation.localization import RunFolderError, percent
+from retina_fgvis.evaluation.compare import OVERLAP_NAMES, overlap_lines, read_comparison
+from retina_fgvis.evaluation.froc import SWEEPS
+from retina_fgvis.evaluation.localization import RunFolderError, percent, with_interval
 from retina_fgvis._io import atomic_write_text
 from retina_fgvis.localize import FULL_RESOLUTION_OVERLAY
 from retina_fgvis.viz import DETECTION_COLOUR, LESION_COLOURS, LESION_NAMES, heatmap, thumbnail
 
 THUMB_SIZE = 180
 #: Display names of the methods ``retina_fgvis.localize`` writes.
-METHOD_NAMES = {"fgvis": "FGVis", "gradcam": "Grad-CAM", "occlusion": "Occlusion"}
+METHOD_NAMES = {"fgvis": "FGVis", "gradcam": "Grad-CAM", "gradcampp": "Grad-CAM++", "gradient": "Gradient",
+                "smoothgrad": "SmoothGrad", "occlusion": "Occlusion", "random": "Random map"}
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2430;background:#f6f7f9}
@@ -176,12 +180,17 @@ def _summary_html(summary: Mapping[str, Any]) -> str:
                       for key in ("lesion_sensitivity", "chance_lesion_sensitivity")) if success else ""
         sens, chance = summary["lesion_sensitivity"][lesion_type], summary["chance"]["lesion_sensitivity"][lesion_type]
         better = sens is not None and chance is not None and sens > chance
+        # Intervals: absent in summaries written before the bootstrap.
+        sens_ci = summary.get("lesion_sensitivity_ci", {}).get(lesion_type)
+        chance_ci = summary["chance"].get("lesion_sensitivity_ci", {}).get(lesion_type)
+        sens_text = percent(sens) + with_interval(sens_ci) if sens is not None else None
+        chance_text = percent(chance) + with_interval(chance_ci) if chance is not None else None
         rows.append(
             f'<tr><td><span class="swatch" style="background:{_rgb(LESION_COLOURS[lesion_type])}"></span>'
             f"{escape(LESION_NAMES[lesion_type])}</td>"
             f"<td>{summary['n_lesions'][lesion_type]}</td><td>{summary['n_hit'][lesion_type]}</td>"
-            + _cell(sens, css="good" if better else "")
-            + _cell(chance) + met + _cell(summary["pixel_sensitivity"][lesion_type])
+            + _cell(sens, sens_text, css="good" if better else "")
+            + _cell(chance, chance_text) + met + _cell(summary["pixel_sensitivity"][lesion_type])
             + _cell(summary["pixel_precision"][lesion_type]) + _cell(summary["image_detection"][lesion_type])
             + "</tr>"
         )
@@ -193,16 +202,95 @@ def _comparison_html(comparison: Mapping[str, Any]) -> str:
     settings = (("own_threshold", "own threshold"), ("matched_area", "matched area"), ("chance", "chance"))
     top = "".join(f'<th colspan="{len(settings)}" class="group">{escape(_display(label))}</th>' for label in labels)
     sub = "".join(f"<th>{escape(name)}</th>" for _ in labels for _, name in settings)
+    intervals = comparison.get("lesion_sensitivity_ci", {})  # absent in comparisons written before the bootstrap
+
+    def cell(label: str, lesion_type: str, key: str) -> str:
+        value = comparison["lesion_sensitivity"][label][lesion_type][key]
+        interval = intervals.get(label, {}).get(lesion_type, {}).get(key) if key != "chance" else None
+        shown = percent(value) + with_interval(interval) if value is not None else None
+        return _cell(value, shown)
+
     rows = []
     for lesion_type in comparison["lesion_types"]:
-        cells = "".join(_cell(comparison["lesion_sensitivity"][label][lesion_type][key])
-                        for label in labels for key, _ in settings)
+        cells = "".join(cell(label, lesion_type, key) for label in labels for key, _ in settings)
         rows.append(f"<tr><td>{escape(LESION_NAMES.get(lesion_type, lesion_type))}</td>{cells}</tr>")
     area = "".join(_cell(e["area_fraction"]) + _cell(e["matched_area_fraction"]) + "<td></td>"
                    for e in comparison["runs"])
     rows.append(f"<tr class=muted><td>Share of the retina marked</td>{area}</tr>")
     return (f'<table id="comparison"><thead><tr><th rowspan="2">Lesion type</th>{top}</tr><tr>{sub}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _froc_figure(comparison: Mapping[str, Any]) -> str:
+    """The FROC curves, one panel per lesion type with lesions, as a PNG data URI (matplotlib's Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    froc = comparison["froc"]
+    types = [t for t in comparison["lesion_types"]
+             if any(froc[label][sweep]["lesion_types"][t]["roc_score"] is not None for label in froc for sweep in SWEEPS)]
+    figure = Figure(figsize=(3.4 * max(len(types), 1), 3.4), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, max(len(types), 1), squeeze=False)[0]
+    styles = {"relative": "-", "area": "--"}
+    for axis, lesion_type in zip(axes, types):
+        for index, label in enumerate(froc):
+            for sweep, style in styles.items():
+                curve = froc[label][sweep]
+                # In sweep order, strict to loose: the false-positive count can fall as regions merge.
+                points = [(fp, sens) for fp, sens in zip(curve["fp_per_image"],
+                                                          curve["lesion_types"][lesion_type]["sensitivity"])
+                          if fp is not None and sens is not None]
+                if points:
+                    fp, sens = zip(*points)
+                    # A point with no false positive is drawn at the left edge of the log axis.
+                    axis.plot(np.maximum(fp, 1 / 16), sens, style, marker=".", color=f"C{index}",
+                              label=_display(label) if sweep == "relative" else None)
+        for rate in comparison["roc_fp_rates"]:
+            axis.axvline(rate, color="0.85", linewidth=0.6, zorder=0)
+        axis.set(xscale="log", xlim=(1 / 16, 64), ylim=(0, 1.02), title=LESION_NAMES.get(lesion_type, lesion_type),
+                 xlabel="false-positive regions per image")
+        axis.set_xticks(comparison["roc_fp_rates"], ["1/8", "1/4", "1/2", "1", "2", "4", "8"])
+    axes[0].set_ylabel("lesion sensitivity")
+    if types:
+        handles, names = axes[0].get_legend_handles_labels()  # one entry per method
+        figure.legend(handles, names, loc="outside right upper", fontsize=7, title="solid: relative\ndashed: area",
+                      title_fontsize=7)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _froc_html(comparison: Mapping[str, Any]) -> str:
+    """The FROC section: the figure, the ROC scores with their intervals and where intervals overlap."""
+    boot = comparison["bootstrap"]
+    labels = list(comparison["froc"])
+    top = "".join(f'<th colspan="{len(SWEEPS)}" class="group">{escape(_display(label))}</th>' for label in labels)
+    sub = "".join(f"<th>{escape(sweep)}</th>" for _ in labels for sweep in SWEEPS)
+    rows = []
+    for lesion_type in comparison["lesion_types"]:
+        cells = []
+        for label in labels:
+            for sweep in SWEEPS:
+                entry = comparison["froc"][label][sweep]["lesion_types"][lesion_type]
+                value = entry["roc_score"]
+                cells.append(_cell(value, percent(value) + with_interval(entry["roc_score_ci"])
+                                   if value is not None else None))
+        rows.append(f"<tr><td>{escape(LESION_NAMES.get(lesion_type, lesion_type))}</td>{''.join(cells)}</tr>")
+    overlaps = "".join(f"<li>{escape(line)}</li>" for line in overlap_lines(dict(comparison)))
+    return (
+        f'<figure><img id="froc-figure" src="{_froc_figure(comparison)}" alt="FROC curves per lesion type" '
+        'style="max-width:100%"></figure>'
+        f'<p class="sub">Each curve sweeps the binarization from strict to loose: solid, a threshold relative to '
+        "the map's maximum; dashed, a fixed share of the retina. The ROC score is the mean lesion sensitivity at "
+        f"{', '.join(f'{r:g}' for r in comparison['roc_fp_rates'])} false-positive regions per image (grey lines), "
+        "read off the curve by linear interpolation.</p>"
+        f'<table id="froc"><thead><tr><th rowspan="2">Lesion type</th>{top}</tr><tr>{sub}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+        f'<p class="sub">In brackets: {boot["level"]:.0%} bootstrap intervals (images resampled '
+        f'{boot["n_resamples"]} times, seed {boot["seed"]}). Where the intervals of two methods overlap, these '
+        f"images do not show a difference ({', '.join(OVERLAP_NAMES.values())}):</p><ul id=\"overlap\">{overlaps}</ul>"
+    )
 
 
 def _display(method: str) -> str:
@@ -358,9 +446,13 @@ def write_report(run_dir: str | os.PathLike, comparison: Mapping[str, Any] | str
             "<h2>Methods side by side (lesion sensitivity)</h2>",
             f'<p class="sub">"Matched area": every method marks the same share of the retina as '
             f"{escape(_display(comparison['reference']['method']))}, image by image, so they are compared fairly. "
-            "Chance: the method's own highlights rotated by a random angle.</p>",
+            "Chance: the method's own highlights rotated by a random angle."
+            + (" In brackets: 95 % bootstrap intervals over images." if "lesion_sensitivity_ci" in comparison else "")
+            + "</p>",
             _comparison_html(comparison),
         ]
+        if "froc" in comparison:  # comparisons written before FROC have none
+            parts += ["<h2>FROC: sensitivity against false positives</h2>", _froc_html(comparison)]
     parts += [
         "<h2>Images</h2>",
         '<p class="sub">Click a column heading to sort, a picture to enlarge. Found / lesions per type.</p>',

@@ -30,8 +30,11 @@ deleted), all zero for an image the model already scores below the stop value (n
 ``success`` says whether the explanation met that stop rule: a deletion that did not drop the RDR
 probability below the stop value has not explained the score, and its mask is only where the search
 ended. :func:`localize` warns (:class:`StopNotReachedWarning`, once per run) when most images fail.
-Grad-CAM and occlusion (:mod:`retina_fgvis.attribution`) explain the same class on the same inputs;
-for them ``prob_after``, ``iterations``, ``lam``, ``success`` and ``stop_score`` are ``null``.
+The baselines (:mod:`retina_fgvis.attribution`) explain the same class on the same inputs: ``gradcam`` and
+``gradcampp`` (Grad-CAM / Grad-CAM++ at the deepest layer whose map side is ≥ 1/16 of the input side,
+``gradcam_layer="last"`` for the last stage), ``gradient`` (vanilla input gradient), ``smoothgrad``,
+``occlusion`` and ``random`` (a seeded random map, the control); for them ``prob_after``, ``iterations``,
+``lam``, ``success`` and ``stop_score`` are ``null``.
 """
 from __future__ import annotations
 
@@ -58,9 +61,11 @@ from retina_fgvis.runtime import progress_bar, resolve_device, torchrun_place
 __all__ = ["LocalizeConfig", "localize", "StopNotReachedWarning", "run_complete", "shard_batches", "parse_shard", "open_dataset",
            "full_resolution_overlay", "FULL_RESOLUTION_OVERLAY", "METHODS", "DATASETS", "SPLITS"]
 
-METHODS = ("fgvis", "gradcam", "occlusion")
+METHODS = ("fgvis", "gradcam", "gradcampp", "gradient", "smoothgrad", "occlusion", "random")
 #: File name of an image's overlay on its original photograph, beside overlay.png.
 FULL_RESOLUTION_OVERLAY = "overlay_full.png"
+#: Baselines reading a Grad-CAM layer.
+_CAM_METHODS = ("gradcam", "gradcampp")
 DATASETS = ("diaretdb1", "synthetic")
 SPLITS = ("test", "train", "all")
 # Settings that do not change the results: a run may be resumed or sharded with other values.
@@ -85,16 +90,19 @@ class LocalizeConfig:
         out: run folder.
         dataset: ``"diaretdb1"`` or ``"synthetic"``.
         split: ``"test"``, ``"train"`` or ``"all"``.
-        method: ``"fgvis"``, ``"gradcam"`` or ``"occlusion"``.
+        method: one of :data:`METHODS`.
         device: torch device, ``None``/``"auto"`` = CUDA if present (under torchrun: ``cuda:LOCAL_RANK``).
         batch_size: images per engine call; also the unit of sharding and resuming, so it is part of the run.
         lam, lr, max_iter, stop_score: FGVis λ, learning rate, step limit and RDR-softmax stop value.
         threshold: binarization threshold as a fraction of each map's maximum, in (0, 1].
         shard: ``"i/n"`` (or ``(i, n)``): process only every n-th batch starting at i; ``None`` = torchrun's
             rank/world size when set, else everything.
-        gradcam_layer: Grad-CAM target layer (``None`` = the last conv block).
+        gradcam_layer: Grad-CAM / Grad-CAM++ target layer (module name; ``None`` = the deepest conv block whose
+            map side is ≥ 1/16 of the input side, 16×16 at 256 px on FundusCNN; ``"last"`` = the last conv block).
+        smoothgrad_samples: SmoothGrad's noisy copies per image (noise 15 % of the image's value range).
         occlusion_window, occlusion_stride: occlusion patch and step in px (``None`` = image size/16, half of it).
-        seed: FGVis seed (mask initialisation).
+        random_cell: blob size in px of the random map (``None`` = image size/32).
+        seed: FGVis seed (mask initialisation); also SmoothGrad's noise and the random map's seed.
         progress: show a progress bar with images/s.
     """
 
@@ -115,6 +123,8 @@ class LocalizeConfig:
     gradcam_layer: str | None = None
     occlusion_window: int | None = None
     occlusion_stride: int | None = None
+    smoothgrad_samples: int = 25
+    random_cell: int | None = None
     seed: int = 0
     progress: bool = True
 
@@ -124,8 +134,10 @@ class LocalizeConfig:
         for name, allowed in (("dataset", DATASETS), ("split", SPLITS), ("method", METHODS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("batch_size", "max_iter"):
+        for name in ("batch_size", "max_iter", "smoothgrad_samples"):
             check_int(name, getattr(self, name), minimum=1)
+        if self.random_cell is not None:
+            check_int("random_cell", self.random_cell, minimum=1)
         if not float(self.lam) >= 0:
             raise ValueError(f"lam: expected λ ≥ 0, got {self.lam!r}")
         if not float(self.lr) > 0:
@@ -225,13 +237,21 @@ def _run_config(config: LocalizeConfig, checkpoint: Path, image_ids: list[str], 
         "image_ids": sorted(image_ids),
     })
     if config.method != "fgvis":
-        for key in ("lam", "lr", "max_iter", "stop_score", "seed"):
+        for key in ("lam", "lr", "max_iter", "stop_score"):
             record.pop(key)
-    if config.method != "gradcam":
+    if config.method not in ("fgvis", "smoothgrad", "random"):
+        record.pop("seed")
+    if config.method in _CAM_METHODS:
+        # The layer actually read, so a run records its map resolution.
+        record["gradcam_layer"] = _cam(config, classifier).layer_for(
+            (1, 3, classifier.image_size, classifier.image_size))
+    else:
         record.pop("gradcam_layer")
-    if config.method != "occlusion":
-        record.pop("occlusion_window")
-        record.pop("occlusion_stride")
+    for method, keys in (("occlusion", ("occlusion_window", "occlusion_stride")),
+                         ("smoothgrad", ("smoothgrad_samples",)), ("random", ("random_cell",))):
+        if config.method != method:
+            for key in keys:
+                record.pop(key)
     record["threshold"] = float(config.threshold)
     return record
 
@@ -290,10 +310,16 @@ def _explainer(config: LocalizeConfig, classifier) -> Callable[[torch.Tensor, in
                 mean_mask=result.mean_mask.detach().cpu())
         return explain
 
-    from retina_fgvis.attribution import GradCAM, Occlusion
+    from retina_fgvis.attribution import Occlusion, RandomMap, SmoothGradient, VanillaGradient
 
-    if config.method == "gradcam":
-        method = GradCAM(model, target_layer=config.gradcam_layer)
+    if config.method in _CAM_METHODS:
+        method = _cam(config, classifier)
+    elif config.method == "gradient":
+        method = VanillaGradient(model)
+    elif config.method == "smoothgrad":
+        method = SmoothGradient(model, n_samples=config.smoothgrad_samples, seed=config.seed)
+    elif config.method == "random":
+        method = RandomMap(cell=config.random_cell or max(1, classifier.image_size // 32), seed=config.seed)
     else:
         window = config.occlusion_window or max(4, classifier.image_size // 16)
         method = Occlusion(model, window=window, stride=config.occlusion_stride or max(1, window // 2),
@@ -304,6 +330,17 @@ def _explainer(config: LocalizeConfig, classifier) -> Callable[[torch.Tensor, in
             prob = model(x).softmax(dim=1)[:, target]
         return _Explanation(importance=method.attribute(x, target=target).cpu(), prob_before=prob.cpu())
     return explain
+
+
+def _cam(config: LocalizeConfig, classifier):
+    """The Grad-CAM / Grad-CAM++ explainer of a run."""
+    from retina_fgvis.attribution import GradCAM, GradCAMpp
+    from retina_fgvis.attribution.gradcam import LAST_LAYER
+
+    layer = config.gradcam_layer
+    if layer not in (None, LAST_LAYER) and layer not in dict(classifier.model.named_modules()):
+        raise ValueError(f"gradcam_layer: {layer!r} is not a module of the classifier (or use {LAST_LAYER!r})")
+    return (GradCAM if config.method == "gradcam" else GradCAMpp)(classifier.model, target_layer=layer)
 
 
 def _value(tensor: torch.Tensor | None, row: int, kind: type) -> Any:

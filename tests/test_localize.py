@@ -257,6 +257,31 @@ def test_resume_or_shard_may_use_other_paths_and_device(runs, synthetic_data, tr
     assert _snapshot(out) == before  # everything was finished: nothing rewritten, run.json kept
 
 
+@pytest.mark.parametrize("method, recorded", [
+    ("gradcampp", {"gradcam_layer": "features.4.0"}), ("gradient", {}),
+    ("smoothgrad", {"smoothgrad_samples": 3, "seed": 0}), ("random", {"random_cell": None, "seed": 0})])
+def test_every_baseline_runs_through_the_same_pipeline(method, recorded, synthetic_data, trained_checkpoint, tmp_path):
+    out = localize(_config(synthetic_data, trained_checkpoint, tmp_path / method, method=method, batch_size=2,
+                           shard="0/12", smoothgrad_samples=3))
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["method"] == method and "lam" not in config and "occlusion_window" not in config
+    assert {key: config.get(key) for key in recorded} == recorded
+    assert ("gradcam_layer" in config) == (method == "gradcampp")
+    for folder in sorted((out / "images").glob("*")):
+        assert json.loads((folder / "record.json").read_text())["method"] == method
+        with np.load(folder / "maps.npz") as maps:
+            assert maps["importance"].min() >= 0 and maps["importance"].max() == pytest.approx(1.0)
+
+
+def test_gradcam_layer_option(synthetic_data, trained_checkpoint, tmp_path):
+    out = localize(_config(synthetic_data, trained_checkpoint, tmp_path / "last", method="gradcam", batch_size=2,
+                           shard="0/12", gradcam_layer="last"))
+    assert json.loads((out / "run.json").read_text())["config"]["gradcam_layer"] == "features.4.0"
+    with pytest.raises(ValueError, match="gradcam_layer"):
+        localize(_config(synthetic_data, trained_checkpoint, tmp_path / "bad", method="gradcam", gradcam_layer="nope"))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_output_folder_with_foreign_files_is_refused(synthetic_data, trained_checkpoint, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="not empty"):
@@ -266,7 +291,7 @@ def test_output_folder_with_foreign_files_is_refused(synthetic_data, trained_che
 
 def test_bad_settings_name_the_field(synthetic_data, trained_checkpoint, tmp_path):
     for field, value in (("method", "lime"), ("split", "val"), ("batch_size", 0), ("lr", 0.0), ("stop_score", 2.0),
-                         ("dataset", "eyepacs")):
+                         ("dataset", "eyepacs"), ("smoothgrad_samples", 0), ("random_cell", 0)):
         with pytest.raises(ValueError, match=field):
             localize(_config(synthetic_data, trained_checkpoint, tmp_path / "out", **{field: value}))
     assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from retina_fgvis.evaluation.compare import compare_runs, comparison_table
+from retina_fgvis.evaluation.compare import compare_runs, comparison_table, interval_table, overlap_lines
 from retina_fgvis.evaluation.localization import diaretdb1_root, score_run, summary_table
 from retina_fgvis.evaluation.report import write_report
 from retina_fgvis.cli._app import app, console, fail
@@ -60,16 +60,21 @@ def compare(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     dataset: DatasetKind = typer.Option(DatasetKind.diaretdb1, "--dataset", help="Layout of --data-dir."),
     tolerance: int = typer.Option(0, "--tolerance", help="A lesion counts as hit within this many pixels."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the chance control's rotation angles."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the chance control's rotation angles and of the bootstrap."),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of the images (95 % intervals)."),
 ) -> None:
-    """Compare runs side by side: own threshold, matched area, chance; writes OUT/comparison.json."""
+    """Compare runs side by side: own threshold, matched area, chance, FROC and ROC scores with bootstrap
+    intervals; writes OUT/comparison.json, comparison.csv, froc.csv, froc_scores.csv."""
     try:
         comparison = compare_runs(runs, out, _ground_truth(dataset, data_dir), tolerance=tolerance, seed=seed,
-                                  progress=True)
+                                  n_resamples=resamples, progress=True)
     except ValueError as error:
         fail(error)
     console.print(comparison_table(comparison))
-    console.print(f"wrote {out / 'comparison.json'}", highlight=False)
+    console.print(interval_table(comparison))
+    for line in overlap_lines(comparison):
+        console.print(line, highlight=False)
+    console.print(f"wrote {out / 'comparison.json'}, comparison.csv, froc.csv and froc_scores.csv", highlight=False)
 
 
 @evaluate_app.command("report")

@@ -28,7 +28,12 @@ def localize_command(
     out: Path = typer.Option(..., "--out", help="Run folder (resumable; shards share it)."),
     dataset: str = typer.Option("diaretdb1", "--dataset", help="diaretdb1 | synthetic"),
     split: str = typer.Option("test", "--split", help="test | train | all"),
-    method: str = typer.Option("fgvis", "--method", help="fgvis | gradcam | occlusion"),
+    method: str = typer.Option("fgvis", "--method",
+                               help="fgvis | gradcam | gradcampp | gradient | smoothgrad | occlusion | random"),
+    gradcam_layer: Optional[str] = typer.Option(
+        None, "--gradcam-layer", help="Grad-CAM(++) layer: a module name, or 'last' for the last stage. Default: the "
+                                      "deepest layer whose map side is >= 1/16 of the input side."),
+    smoothgrad_samples: int = typer.Option(25, "--smoothgrad-samples", help="SmoothGrad noisy copies per image."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per engine call."),
     lam: float = typer.Option(1e-10, "--lam", help="FGVis λ (fixed)."),
@@ -37,13 +42,14 @@ def localize_command(
     stop_score: float = typer.Option(0.10, "--stop-score", help="FGVis stops once the RDR softmax is below this."),
     threshold: float = typer.Option(0.04, "--threshold", help="Binarize at this fraction of each map's maximum, in (0, 1]."),
     shard: Optional[str] = typer.Option(None, "--shard", help="i/n: this process takes every n-th batch of images, from batch i."),
-    seed: int = typer.Option(0, "--seed", help="FGVis mask initialisation seed."),
+    seed: int = typer.Option(0, "--seed", help="FGVis mask initialisation seed; SmoothGrad's and the random map's seed."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Localize lesions with FGVis (the paper's medical settings) or a baseline; score and report when complete."""
     config = LocalizeConfig(data_dir=data_dir, checkpoint=checkpoint, out=out, dataset=dataset, split=split,
                             method=method, device=device, batch_size=batch_size, lam=lam, lr=lr, max_iter=max_iter,
-                            stop_score=stop_score, threshold=threshold, shard=shard, seed=seed, progress=progress)
+                            stop_score=stop_score, threshold=threshold, shard=shard, gradcam_layer=gradcam_layer,
+                            smoothgrad_samples=smoothgrad_samples, seed=seed, progress=progress)
     try:
         run = localize(config)
         if not run_complete(run):

@@ -84,3 +84,34 @@ def test_a_version_1_comparison_reads_as_the_current_format(tmp_path, scene, fgv
     del old["format_version"]
     assert read_comparison(old) == comparison
     assert read_comparison(comparison) is comparison
+
+
+def test_comparison_has_froc_and_bootstrap_intervals(tmp_path, scene, fgvis_maps, blurry_maps, make_run):
+    from retina_fgvis.evaluation.compare import interval_table, overlap_lines
+    from retina_fgvis.evaluation.froc import SWEEPS
+
+    runs = [make_run(tmp_path / "fgvis", "fgvis", fgvis_maps), make_run(tmp_path / "gradcam", "gradcam", blurry_maps)]
+    comparison = compare_runs(runs, tmp_path / "cmp", scene, seed=5, n_resamples=200)
+    assert comparison["bootstrap"] == {"unit": "image", "n_resamples": 200, "seed": 5, "level": 0.95}
+    for label in ("fgvis", "gradcam"):
+        for t in ("hard_exudates", "soft_exudates"):
+            for setting in SETTINGS:
+                low, high = comparison["lesion_sensitivity_ci"][label][t][setting]
+                assert low <= comparison["lesion_sensitivity"][label][t][setting] <= high
+            for sweep in SWEEPS:
+                entry = comparison["froc"][label][sweep]["lesion_types"][t]
+                assert entry["roc_score_ci"][0] <= entry["roc_score"] <= entry["roc_score_ci"][1]
+        assert comparison["lesion_sensitivity_ci"][label]["hemorrhages"]["own_threshold"] == [None, None]
+    overlap = comparison["intervals_overlap"]
+    assert list(overlap) == ["gradcam"] and set(overlap["gradcam"]["hard_exudates"]) == {
+        "own_threshold", "matched_area", "froc_relative", "froc_area"}
+    assert overlap["gradcam"]["hemorrhages"]["own_threshold"] is None
+    again = compare_runs(runs, tmp_path / "again", scene, seed=5, n_resamples=200)
+    assert again["lesion_sensitivity_ci"] == comparison["lesion_sensitivity_ci"] and again["froc"] == comparison["froc"]
+    points = pd.read_csv(tmp_path / "cmp" / "froc.csv")
+    assert len(points) == 2 * len(LESION_TYPES) * sum(len(p) for p in SWEEPS.values())
+    assert len(pd.read_csv(tmp_path / "cmp" / "froc_scores.csv")) == 2 * len(SWEEPS) * len(LESION_TYPES)
+    assert {"ci_low", "ci_high"} <= set(pd.read_csv(tmp_path / "cmp" / "comparison.csv").columns)
+    assert interval_table(comparison).row_count == 2 * 4 and len(interval_table(comparison).columns) == 2 + 4
+    (line,) = overlap_lines(comparison)
+    assert line.startswith("gradcam vs fgvis:")

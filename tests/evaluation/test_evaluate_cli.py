@@ -59,9 +59,12 @@ def test_score_compare_report(tiny_set, tmp_path):
     # The v1.1 layout of the same images is read as well.
     assert _invoke("score", runs["fgvis"], "--data-dir", paths.diaretdb1_v1).exit_code == 0
 
-    result = _invoke("compare", runs["fgvis"], runs["gradcam"], "--out", tmp_path / "cmp")
+    result = _invoke("compare", runs["fgvis"], runs["gradcam"], "--out", tmp_path / "cmp", "--resamples", "50")
     assert result.exit_code == 0, result.output
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert comparison["bootstrap"]["n_resamples"] == 50
+    assert "FROC ROC score" in result.output and "gradcam vs fgvis:" in result.output    # FROC table, overlaps
+    assert (tmp_path / "cmp" / "froc.csv").is_file() and (tmp_path / "cmp" / "froc_scores.csv").is_file()
     assert list(comparison["lesion_sensitivity"]) == ["fgvis", "gradcam"]
     for t in present:   # outside the FOV nothing counts: the border map detects nothing at its threshold
         assert comparison["lesion_sensitivity"]["gradcam"][t]["own_threshold"] == 0.0
@@ -88,3 +91,5 @@ def test_errors_are_one_red_line_and_exit_2(tiny_set, tmp_path):
     result = _invoke("report", tmp_path)
     assert result.exit_code == 2 and "error" in result.output
     assert _invoke("score", runs["fgvis"], "--dataset", "eyepacs").exit_code == 2
+    result = _invoke("compare", runs["fgvis"], "--out", tmp_path / "cmp", "--resamples", "0")
+    assert result.exit_code == 2 and "n_resamples" in result.output and not (tmp_path / "cmp").exists()

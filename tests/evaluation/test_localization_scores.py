@@ -25,7 +25,7 @@ SUMMARY_KEYS = {
     "method", "run", "n_images", "n_unfinished", "threshold", "tolerance", "seed", "area_fraction",
     "lesion_sensitivity", "n_lesions", "n_hit", "pixel_sensitivity", "pixel_precision",
     "image_detection", "n_images_with_lesions", "fp_components_per_image", "chance", "rdr_probability",
-    "success",
+    "success", "lesion_sensitivity_ci", "bootstrap",
 }
 
 

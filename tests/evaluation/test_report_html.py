@@ -112,3 +112,28 @@ def test_report_marks_failed_explanations_and_claims_no_drop(tmp_path, scene, fg
 def test_report_of_all_successful_run_says_so(scored):
     html = write_report(scored[0]).read_text(encoding="utf-8")
     assert "On all 2 images it succeeded" in html and "failed-row>" not in html
+
+
+def test_report_shows_froc_figure_scores_and_interval_overlaps(scored):
+    import base64
+
+    run, comparison = scored
+    html = write_report(run, comparison).read_text(encoding="utf-8")
+    figure = re.search(r'<img id="froc-figure" src="data:image/png;base64,([^"]+)"', html)
+    pixels = cv2.imdecode(np.frombuffer(base64.b64decode(figure.group(1)), np.uint8), cv2.IMREAD_COLOR)
+    assert pixels is not None and pixels.shape[1] > 600 and pixels.std() > 10      # a drawn figure, 3 panels
+    assert 'id="froc"' in html and "bootstrap intervals" in html and 'id="overlap"' in html
+    assert "gradcam vs fgvis:" in html
+    hard = comparison["froc"]["fgvis"]["relative"]["lesion_types"]["hard_exudates"]
+    assert f"{100 * hard['roc_score']:.1f} % [{100 * hard['roc_score_ci'][0]:.1f}–" in html
+    own = comparison["lesion_sensitivity_ci"]["fgvis"]["hard_exudates"]["own_threshold"]
+    assert f"50.0 % [{100 * own[0]:.1f}–{100 * own[1]:.1f}]" in html
+
+
+def test_report_reads_a_comparison_written_before_froc(scored):
+    run, comparison = scored
+    old = {key: value for key, value in comparison.items()
+           if key not in ("froc", "lesion_sensitivity_ci", "intervals_overlap", "bootstrap", "roc_fp_rates")}
+    html = write_report(run, old).read_text(encoding="utf-8")
+    table = html.split('id="comparison"')[1].split("</table>")[0]
+    assert 'id="froc"' not in html and "%" in table and " [" not in table              # no intervals to show
