@@ -47,6 +47,11 @@ class DistContext:
 
         A ValueError on rank 0 is raised on every rank, so none waits forever at a barrier.
         """
+        result = self.main_only(fn)
+        return result if self.is_main else fn()
+
+    def main_only(self, fn: Callable[[], T]) -> T | None:
+        """Run ``fn`` on rank 0 only (the others get ``None``); a ValueError there is raised on every rank."""
         if not self.distributed:
             return fn()
         result, failure = None, None
@@ -61,7 +66,7 @@ class DistContext:
             raise failure
         if status[0] is not None:
             raise ValueError(status[0])
-        return result if self.is_main else fn()
+        return result
 
 
 def launched_by_torchrun() -> bool:

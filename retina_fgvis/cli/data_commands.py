@@ -1,17 +1,51 @@
 """``retina-fgvis synth`` and ``retina-fgvis prepare eyepacs``: thin wrappers over the dataset functions."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from retina_fgvis.cli._app import app, fail
+from retina_fgvis._io import is_housekeeping, locked_folder
+from retina_fgvis.cli._app import BAD_INPUT, app, fail
 
 prepare_app = typer.Typer(help="Preprocess a dataset once (FOV crop, square, resize, optional Graham).", no_args_is_help=True)
 app.add_typer(prepare_app, name="prepare")
 
+
+def create_synthetic_set(out: str | Path, *, n_train: int, n_test: int, size: int, seed: int,
+                         progress: bool = True):
+    """Write the semi-synthetic set into ``out``, or reuse the same set already there.
+
+    ``out`` must be new, empty, or hold a finished set (``synthetic.json``) of the same settings, which
+    is reused as it is (nothing rewritten). Anything else is refused before a byte is written.
+
+    Returns:
+        (:class:`~retina_fgvis.datasets.synthetic.SyntheticPaths`, whether the set was written now).
+    """
+    from retina_fgvis.datasets.synthetic import SyntheticPaths, generate_synthetic
+
+    out = Path(out)
+    wanted = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed}
+    with locked_folder(out):
+        marker = out / "synthetic.json"
+        if marker.is_file():
+            try:
+                stored = json.loads(marker.read_text(encoding="utf-8"))["config"]
+                differing = [f"{key} {stored.get(key)!r} vs {value!r}" for key, value in wanted.items()
+                             if stored.get(key) != value]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                raise ValueError(f"out: {marker} is not a synthetic set record; choose another folder") from None
+            if differing:
+                raise ValueError(f"out: {out} holds another synthetic set ({', '.join(differing)}); "
+                                 f"choose another folder or delete it")
+            return SyntheticPaths.of(out), False
+        if any(not is_housekeeping(entry) for entry in out.iterdir()):
+            raise ValueError(f"out: {out} is not empty and holds no finished synthetic set (no synthetic.json); "
+                             f"choose an empty or new folder (an interrupted synth: delete the folder and rerun)")
+        return generate_synthetic(out, n_train=n_train, n_test=n_test, size=size, seed=seed, progress=progress), True
 
 
 @app.command("synth")
@@ -22,14 +56,17 @@ def synth(
     size: int = typer.Option(256, "--size", help="Fundus disc diameter in pixels."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
 ) -> None:
-    """Write the built-in semi-synthetic fundus set (see retina_fgvis.datasets.synthetic.generate_synthetic)."""
-    from retina_fgvis.datasets.synthetic import generate_synthetic
+    """Write the built-in semi-synthetic fundus set (see retina_fgvis.datasets.synthetic.generate_synthetic).
 
+    A folder holding the same set (same settings) is reused as it is; any other non-empty folder is refused.
+    """
     try:
-        paths = generate_synthetic(out, n_train=n_train, n_test=n_test, size=size, seed=seed, progress=True)
-    except ValueError as error:
+        paths, written = create_synthetic_set(out, n_train=n_train, n_test=n_test, size=size, seed=seed)
+    except BAD_INPUT as error:
         fail(error)
     console = Console(soft_wrap=True, highlight=False)
+    if not written:
+        console.print(f"{out} already holds this set (same settings): reused, nothing rewritten")
     console.print(f"EyePACS layout:        {paths.eyepacs}")
     console.print(f"DiaretDB1 v2.1 layout: {paths.diaretdb1}")
     console.print(f"DiaretDB1 v1.1 layout: {paths.diaretdb1_v1}")
@@ -49,7 +86,7 @@ def prepare_eyepacs_command(
 
     try:
         summary = prepare_eyepacs(src, dst, size=size, graham=graham, workers=workers, progress=True)
-    except ValueError as error:
+    except BAD_INPUT as error:
         fail(error)
     colour = "red" if summary.failed else "green"
     Console(soft_wrap=True).print(f"[{colour}]{summary}[/{colour}]", highlight=False)

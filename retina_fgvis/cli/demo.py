@@ -13,7 +13,9 @@ from typing import Any
 
 import typer
 
-from retina_fgvis.cli._app import app, console, fail
+from retina_fgvis._io import locked_folder
+from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
+from retina_fgvis.cli.data_commands import create_synthetic_set
 from retina_fgvis.localize import LocalizeConfig, localize
 
 @dataclass
@@ -52,20 +54,24 @@ def run_demo(out: str | Path = "demo_out", device: str = "auto", progress: bool 
     started = time.perf_counter()
     out = Path(out)
     data = out / "data"
-    # Training writes the set into ``data``; a rerun resumes the training run.
-    checkpoint = train(TrainConfig(
-        dataset="synthetic", data_dir=data, out=out / "model", image_size=size, n_train=n_train, n_test=n_test,
-        epochs=epochs, width=width, seed=seed, device=device,
-        resume=(out / "model" / "last.pt").is_file(), progress=progress)).best_checkpoint
-    runs = {}
-    for method in ("fgvis", "gradcam"):
-        runs[method] = localize(LocalizeConfig(
-            data_dir=data, checkpoint=checkpoint, out=out / method, dataset="synthetic", method=method,
-            device=device, max_iter=max_iter, seed=seed, progress=progress))
-        console.print(summary_table(score_run(runs[method], progress=progress)))
-    comparison = compare_runs([runs["fgvis"], runs["gradcam"]], out, progress=progress)
-    console.print(comparison_table(comparison))
-    report = write_report(runs["fgvis"], comparison=comparison)
+    with locked_folder(out):
+        # The demo is the one pipeline that creates a set itself (the same as `retina-fgvis synth`) and says so.
+        _, written = create_synthetic_set(data, n_train=n_train, n_test=n_test, size=size, seed=seed,
+                                          progress=progress)
+        console.print(f"demo: {'wrote' if written else 'reusing'} the semi-synthetic set in {data}", soft_wrap=True)
+        # A rerun resumes the training run.
+        checkpoint = train(TrainConfig(
+            dataset="synthetic", data_dir=data, out=out / "model", image_size=size, epochs=epochs, width=width,
+            seed=seed, device=device, resume=(out / "model" / "last.pt").is_file(), progress=progress)).best_checkpoint
+        runs = {}
+        for method in ("fgvis", "gradcam"):
+            runs[method] = localize(LocalizeConfig(
+                data_dir=data, checkpoint=checkpoint, out=out / method, dataset="synthetic", method=method,
+                device=device, max_iter=max_iter, seed=seed, progress=progress))
+            console.print(summary_table(score_run(runs[method], progress=progress)))
+        comparison = compare_runs([runs["fgvis"], runs["gradcam"]], out, progress=progress)
+        console.print(comparison_table(comparison))
+        report = write_report(runs["fgvis"], comparison=comparison)
     return DemoResult(out=out, checkpoint=checkpoint, runs=runs, comparison=comparison, report=report,
                       seconds=time.perf_counter() - started)
 
@@ -79,7 +85,7 @@ def demo_command(
     """Build the semi-synthetic set, train, localize with FGVis and Grad-CAM, compare, write the report."""
     try:
         result = run_demo(out, device=device, progress=progress)
-    except ValueError as error:
+    except BAD_INPUT as error:
         fail(error)
     console.print(f"comparison: {result.out / 'comparison.json'}", soft_wrap=True)
     console.print(f"report: {result.report}  ({result.seconds / 60:.1f} min)", soft_wrap=True)

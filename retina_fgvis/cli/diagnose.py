@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from retina_fgvis.cli._app import app, console, fail
+from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
 
 
 class Dataset(str, Enum):
@@ -95,7 +95,7 @@ def diagnose_command(
         diagnosis = diagnose_defense(
             classifier.model, classifier.prepare(pictures), int(classifier.meta["positive_class"]),
             lr=lr, lam=lam, steps=measured, stop=stop, normalization=classifier.normalization)
-    except ValueError as error:
+    except BAD_INPUT as error:
         fail(error)
     summary = diagnosis.summary(ids)
     positive = int(classifier.meta["positive_class"])

@@ -82,6 +82,12 @@ class SyntheticPaths:
     diaretdb1_v1: Path
     images_csv: Path
 
+    @classmethod
+    def of(cls, root: str | os.PathLike) -> "SyntheticPaths":
+        """The layout of a set in ``root``."""
+        root = Path(root)
+        return cls(root, root / "eyepacs", root / "diaretdb1", root / "diaretdb1_v1", root / "images.csv")
+
 
 def dr_grade(counts: dict[str, int]) -> int:
     """DR grade 0–4 of an image from its lesion counts (a simplified international scale).
@@ -116,14 +122,14 @@ def generate_synthetic(
     of each set depends only on ``(seed, set, i)``. Files are written atomically; existing files
     of an earlier run in ``out`` are overwritten.
     """
-    for name, value, low in (("n_train", n_train, 0), ("n_test", n_test, 0), ("size", size, 32)):
+    for name, value, low in (("n_train", n_train, 0), ("n_test", n_test, 0), ("size", size, 32), ("seed", seed, 0)):
         check_int(name, value, minimum=low)
     if n_test > 999:
         raise ValueError(f"n_test: DiaretDB1 ids have three digits, at most 999 images, got {n_test}")
     if n_train + n_test == 0:
         raise ValueError("n_train, n_test: nothing to generate (both are 0)")
     root = Path(out)
-    paths = SyntheticPaths(root, root / "eyepacs", root / "diaretdb1", root / "diaretdb1_v1", root / "images.csv")
+    paths = SyntheticPaths.of(root)
     from retina_fgvis.runtime import progress_bar  # imported here: it pulls in torch, which painting does not need
 
     painter = _Painter(int(size))
