@@ -81,7 +81,9 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
     Returns:
         The comparison dict: ``runs`` (per run: method, label, area fractions and the full metric
         summary of every setting) and ``lesion_sensitivity[label][lesion_type][setting]`` with
-        setting in ``own_threshold``, ``matched_area``, ``chance``, ``chance_matched_area``.
+        setting in ``own_threshold``, ``matched_area``, ``chance``, ``chance_matched_area``. Only the images
+        every run has finished are compared; ``left_out`` lists, per run folder, its finished images that
+        were not.
     """
     if isinstance(runs, (str, os.PathLike)) or not runs:
         raise ValueError("runs: give a list of at least one run folder")
@@ -141,6 +143,9 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         "reference": {"run": str(opened[0].path.resolve()), "method": labels[0]},
         "n_images": len(common),
         "image_ids": common,
+        # Finished images of a run that another run lacks: not compared.
+        "left_out": {str(run.path): sorted(set(run.image_ids) - set(common)) for run in opened
+                     if set(run.image_ids) - set(common)},
         "tolerance": tolerance,
         "seed": seed,
         "lesion_types": list(LESION_TYPES),
