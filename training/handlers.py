@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
@@ -17,7 +18,7 @@ from rich.progress import Progress
 from retina_fgvis._io import atomic_write_csv
 from retina_fgvis.runtime import seed_everything
 
-__all__ = ["DivergenceGuard", "EpochRecorder", "EpochSeeder", "METRIC_COLUMNS", "OperatingPointHandler",
+__all__ = ["BroadcastBuffers", "DivergenceGuard", "EpochRecorder", "EpochSeeder", "METRIC_COLUMNS", "OperatingPointHandler",
            "RichProgressHandler", "TrainingDivergedError", "youden_operating_point"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_auc", "val_sensitivity", "val_specificity", "operating_point",
@@ -101,6 +102,28 @@ class DivergenceGuard:
             raise TrainingDivergedError(
                 f"train: the run diverged in epoch {epoch}: {what} became NaN or inf (learning rate {lr:g}); "
                 f"nothing of this epoch was saved, {kept}; train again with a lower --lr")
+
+
+class BroadcastBuffers:
+    """Trainer handler, attached before validation: copies rank 0's buffers (batch-norm running statistics)
+    to every process at the end of each epoch.
+
+    DDP keeps the parameters equal on all ranks, but each rank updates its batch-norm statistics on its
+    own last batch. With rank 0's buffers everywhere, every rank holds the model rank 0 saves, so the
+    validation metrics and the operating point, computed over the whole validation set across ranks,
+    are those of the saved checkpoint. A world of one is left alone.
+    """
+
+    def __init__(self, network: torch.nn.Module):
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            for buffer in self.network.buffers():
+                dist.broadcast(buffer, src=0)  # in place
 
 
 class OperatingPointHandler:

@@ -38,8 +38,8 @@ from retina_fgvis.runtime import progress_bar, seed_everything
 from retina_fgvis.training.config import RESUMABLE_OVERRIDES, TrainConfig
 from retina_fgvis.training.data import compute_normalization, load_split, make_loaders, prepare_split
 from retina_fgvis.training.distributed import DistContext, distributed_context
-from retina_fgvis.training.handlers import (METRIC_COLUMNS, DivergenceGuard, EpochRecorder, EpochSeeder,
-                                            OperatingPointHandler, RichProgressHandler)
+from retina_fgvis.training.handlers import (METRIC_COLUMNS, BroadcastBuffers, DivergenceGuard, EpochRecorder,
+                                            EpochSeeder, OperatingPointHandler, RichProgressHandler)
 
 __all__ = ["RUN_FILES", "TrainResult", "train"]
 
@@ -234,9 +234,11 @@ def _train(config: TrainConfig, ctx: DistContext, lock: FolderLock | None) -> Tr
 
     recorder = EpochRecorder(evaluator, paths["metrics"], save, is_main=ctx.is_main, history=history,
                              best_auc=best[0], best_epoch=best[1])
-    # Order matters at EPOCH_COMPLETED: stop a diverged run, step the schedule, validate, then record and save.
+    # Order matters at EPOCH_COMPLETED: stop a diverged run, give every rank the model rank 0 saves, step the
+    # schedule, validate, then record and save.
     handlers: list = [EpochSeeder(config.seed, ctx.rank, train_ds),
                       DivergenceGuard(unwrap_model(network), out),
+                      BroadcastBuffers(unwrap_model(network)),
                       LrScheduleHandler(scheduler, print_lr=False),
                       ValidationHandler(interval=1, validator=evaluator),
                       recorder]
