@@ -134,14 +134,16 @@ def locked_folder(folder: str | os.PathLike, *, scope: str | None = None, timeou
             held.depth -= 1
         return
     created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
-    folder.mkdir(parents=True, exist_ok=True)
     lock = FileLock(lock_path)
     try:
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             lock.acquire(timeout=timeout)
         except Timeout:
             raise FolderBusyError(f"{name}: {folder} is in use by {_holder_text(holder_path)}; wait for it to "
                                   f"finish or choose another folder") from None
+        except OSError as error:  # a read-only folder, a file on the way to it
+            raise ValueError(f"{name}: cannot write to {folder} ({error.strerror or error})") from None
         held = FolderLock(folder, scope, time.time())
         try:
             since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -55,6 +55,13 @@ def test_a_file_is_not_a_folder(tmp_path):
             pass
 
 
+def test_an_unwritable_folder_is_named(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match=r"dst: cannot write to .*f/sub \(Not a directory\)"):
+        with locked_folder(tmp_path / "f" / "sub", name="dst"):
+            pass
+
+
 def test_only_temporaries_older_than_the_lock_are_removed(tmp_path):
     stale = tmp_path / ".maps.npz.abc.tmp.npz"
     stale.write_bytes(b"from a killed run")

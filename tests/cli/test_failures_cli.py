@@ -155,7 +155,7 @@ def test_out_below_a_regular_file_names_the_path(synthetic_data, trained_checkpo
     (tmp_path / "file").write_text("x")
     result = runner.invoke(app, _localize(synthetic_data.root, trained_checkpoint, tmp_path / "file" / "run",
                                           "--method", "gradcam"))
-    _refused(result, f"{tmp_path / 'file' / 'run'}: Not a directory")
+    _refused(result, f"out: cannot write to {tmp_path / 'file' / 'run'} (Not a directory)")
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes into read-only folders")
