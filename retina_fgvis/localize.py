@@ -17,7 +17,8 @@ H×W is the classifier's input resolution. Every file is written atomically and 
 so an image is finished exactly when its ``record.json`` exists; a rerun skips finished images and a
 killed run loses nothing. The sorted split is cut into batches of ``batch_size`` images; sharding
 (``shard="i/n"`` or torchrun's ``RANK``/``WORLD_SIZE``) gives process i the batches ``i, i+n, i+2n, …``.
-Shards write into the same folder and the scoring, run once every image is finished
+Shards write into the same folder, each holding the lock of its shard (:func:`~retina_fgvis._io.locked_folder`;
+a second process for the same shard is refused), and the scoring, run once every image is finished
 (:func:`run_complete`), merges them. As an image is always computed in the same batch, its result
 does not depend on how the work was sharded or resumed.
 
@@ -78,7 +79,7 @@ class LocalizeConfig:
 
     Attributes:
         data_dir: DiaretDB1 folder (v1.1 or v2.1 layout, or its parent); for ``dataset="synthetic"``
-            the folder holding (or receiving) the built-in semi-synthetic set.
+            the folder holding the built-in semi-synthetic set (written by ``retina-fgvis synth``).
         checkpoint: classifier checkpoint (``retina-fgvis train``).
         out: run folder.
         dataset: ``"diaretdb1"`` or ``"synthetic"``.
@@ -321,7 +322,8 @@ def localize(config: LocalizeConfig) -> Path:
 
     Checks everything before writing: a bad setting, a checkpoint that is not a fundus classifier
     (``CheckpointError``), a folder without DiaretDB1 (``DatasetError``), or an output folder holding
-    another run (``ValueError``) stops with one error and leaves the folder as it was.
+    another run (``ValueError``) stops with one error and leaves the folder as it was; so does an output
+    folder (or shard of it) another process holds (``FolderBusyError``, naming the holder).
 
     Returns:
         The run folder. Finished images are skipped; see :func:`run_complete` for whether all shards are done.

@@ -30,7 +30,7 @@ def score_and_report(out: str | Path, *, progress: bool = True) -> tuple[dict, P
 
 @app.command("localize")
 def localize_command(
-    data_dir: Path = typer.Option(..., "--data-dir", help="DiaretDB1 folder (v1.1 or v2.1); for synthetic: where the set is (or is built)."),
+    data_dir: Path = typer.Option(..., "--data-dir", help="DiaretDB1 folder (v1.1 or v2.1); for synthetic: a set written by `retina-fgvis synth`."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Classifier checkpoint from `retina-fgvis train`."),
     out: Path = typer.Option(..., "--out", help="Run folder (resumable; shards share it)."),
     dataset: str = typer.Option("diaretdb1", "--dataset", help="diaretdb1 | synthetic"),
