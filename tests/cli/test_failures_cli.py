@@ -144,11 +144,21 @@ def test_out_that_is_a_regular_file(synthetic_data, trained_checkpoint, tmp_path
         "prepare": ["prepare", "eyepacs", str(eyepacs), str(out), "--workers", "1"],
         "compare": ["evaluate", "compare", str(tmp_path / "a"), "--out", str(out)],
         "demo": ["demo", "--out", str(out), "--device", "cpu"],
+        "explain": ["explain", str(_photo(tmp_path)), "--model", "efficientnet_lite0", "--image-size", "64",
+                    "--device", "cpu", "--max-iter", "1", "--out", str(out)],
     }
     for name, args in commands.items():
         result = runner.invoke(app, args)
         _refused(result, f"{out} is a file, not a folder")
         assert out.read_text() == "not a folder", name
+
+
+def _photo(folder: Path) -> Path:
+    import skimage.data
+    from PIL import Image
+
+    Image.fromarray(skimage.data.chelsea()).save(folder / "chelsea.png")
+    return folder / "chelsea.png"
 
 
 def test_out_below_a_regular_file_names_the_path(synthetic_data, trained_checkpoint, tmp_path):
