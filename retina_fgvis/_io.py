@@ -153,7 +153,8 @@ def locked_folder(folder: str | os.PathLike, *, scope: str | None = None, timeou
             yield held
         finally:
             _HELD.pop(key, None)
-            # Removed while still held, so no other process can take a lock on a file about to vanish.
+            # Removed while still held: a waiter reopens the path on every try, so it locks the next lock
+            # file, not this vanishing one.
             holder_path.unlink(missing_ok=True)
             lock_path.unlink(missing_ok=True)
             lock.release()
