@@ -28,8 +28,8 @@ def train_command(
     out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, metrics.csv, split.csv, run.json)."),
     dataset: DatasetChoice = typer.Option(DatasetChoice.synthetic, "--dataset",
                                           help="eyepacs: a Kaggle EyePACS folder; synthetic: the built-in set."),
-    data_dir: Path = typer.Option(..., "--data-dir", help="Dataset folder (synthetic: a set written by "
-                                  "`retina-fgvis synth`)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (synthetic: a set written by "
+                                            "`retina-fgvis synth`); required unless --resume."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default: eyepacs 60, synthetic 24)."),
     image_size: Optional[int] = typer.Option(None, help="Input size in px (default: eyepacs 512, synthetic 256)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch and process (default: eyepacs 32, "
