@@ -102,8 +102,8 @@ def trained(out: Path, data: Path, row: Row, size: int, n_train: int, n_test: in
     run = out / "models" / f"{size}-{row.model_key}"
     done = len(pd.read_csv(run / "metrics.csv")) if (run / "metrics.csv").is_file() else 0
     if done < row.epochs:  # new, or interrupted: resume from last.pt
-        train(TrainConfig(resume=(run / "last.pt").is_file(),dataset="synthetic", data_dir=data, out=run, image_size=size, n_train=n_train,
-                          n_test=n_test, epochs=row.epochs, width=row.width, layout=row.layout,
+        train(TrainConfig(resume=(run / "last.pt").is_file(),dataset="synthetic", data_dir=data, out=run, image_size=size,
+                          epochs=row.epochs, width=row.width, layout=row.layout,
                           label_smoothing=row.smoothing,
                           network_options=dict(row.network), batch_size=16, lr=3e-3, device="cpu", progress=True))
     metrics = pd.read_csv(run / "metrics.csv")

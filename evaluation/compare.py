@@ -99,7 +99,8 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         ``lesion_sensitivity_ci`` (same keys, ``[low, high]``), ``froc[label][sweep]`` (the
         :meth:`FROCCurve.summary` plus ``roc_score_ci`` per lesion type), ``intervals_overlap`` and
         ``bootstrap`` (its settings). Also writes ``froc.csv`` (one row per curve point) and
-        ``froc_scores.csv``.
+        ``froc_scores.csv``. Only the images every run has finished are compared; ``left_out`` lists, per
+        run folder, its finished images that were not.
     """
     if isinstance(runs, (str, os.PathLike)) or not runs:
         raise ValueError("runs: give a list of at least one run folder")
@@ -186,6 +187,9 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, 
         "reference": {"run": str(opened[0].path.resolve()), "method": labels[0]},
         "n_images": len(common),
         "image_ids": common,
+        # Finished images of a run that another run lacks: not compared.
+        "left_out": {str(run.path): sorted(set(run.image_ids) - set(common)) for run in opened
+                     if set(run.image_ids) - set(common)},
         "tolerance": tolerance,
         "seed": seed,
         "lesion_types": list(LESION_TYPES),

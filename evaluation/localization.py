@@ -308,6 +308,10 @@ class LocalizationRun:
             raise RunFolderError(f"{path}: cannot read the importance map ({error})") from None
         if importance.ndim != 2:
             raise RunFolderError(f"{path}: importance must be H×W, got shape {importance.shape}")
+        size = self.config.get("image_size")
+        if size is not None and importance.shape != (size, size):
+            raise RunFolderError(f"{path}: the importance map is {importance.shape[0]}×{importance.shape[1]}, "
+                                 f"the run's images are {size}×{size} (run.json image_size)")
         return importance
 
     def threshold(self, image_id: str, record: Mapping[str, Any] | None = None) -> float:

@@ -1,16 +1,28 @@
-"""Atomic file output and run metadata shared by every command.
+"""Atomic file output, output-folder locks and run metadata shared by every command.
 
 Every file the toolkit writes goes through a temporary name in the same folder and is
 renamed into place, so a killed run never leaves a half-written file behind.
+
+Every command that writes a run folder holds :func:`locked_folder` on it while it runs: a second
+process asking for the same folder is refused with an error naming the holder (pid, host, command).
+The lock files (``.retina-fgvis[.SCOPE].lock`` and its ``.holder.json``) live in the folder and are
+removed when the lock is released; so is the folder itself when the lock created it and nothing
+else was written, so a refused run leaves the folder as it was.
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import math
 import os
 import platform
+import shlex
+import socket
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -47,12 +59,109 @@ def is_temporary(path: str | os.PathLike) -> bool:
     return name.startswith(".") and ".tmp" in name
 
 
-def remove_temporaries(folder: str | os.PathLike) -> None:
-    """Delete the temporary files a killed process left in ``folder`` (not recursive)."""
+def is_housekeeping(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a temporary file or one of :func:`locked_folder`'s lock files (not a result)."""
+    return is_temporary(path) or Path(path).name.startswith(_LOCK_PREFIX)
+
+
+def remove_temporaries(folder: str | os.PathLike, lock: "FolderLock") -> None:
+    """Delete the temporary files a killed process left in ``folder`` (not recursive).
+
+    Only the holder of ``lock`` (on ``folder`` or a folder above it) cleans, and only temporaries
+    older than its lock: a newer one belongs to a live writer.
+    """
     folder = Path(folder)
     if folder.is_dir():
         for stale in filter(is_temporary, folder.iterdir()):
-            stale.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if stale.stat().st_mtime < lock.since:
+                    stale.unlink()
+
+
+_LOCK_PREFIX = ".retina-fgvis"
+_HELD: dict[str, "FolderLock"] = {}
+
+
+class FolderBusyError(ValueError):
+    """Another process holds the lock of an output folder."""
+
+
+@dataclass
+class FolderLock:
+    """An acquired :func:`locked_folder` lock: its folder, scope and acquisition time (``time.time()``)."""
+
+    folder: Path
+    scope: str | None
+    since: float
+    depth: int = 1
+
+
+def _command_line() -> str:
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+
+
+def _holder_text(holder_path: Path) -> str:
+    try:
+        holder = json.loads(holder_path.read_text(encoding="utf-8"))
+        return (f"pid {holder['pid']} on {holder['host']} (`{holder['command']}`, since {holder['since']})")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not recorded itself yet)"
+
+
+@contextlib.contextmanager
+def locked_folder(folder: str | os.PathLike, *, scope: str | None = None, timeout: float = 0.0,
+                  name: str = "out") -> Iterator[FolderLock]:
+    """Hold the exclusive lock of output folder ``folder`` (created if missing) for the ``with`` block.
+
+    ``scope`` names a lock of its own in the same folder (e.g. one per shard of a run). Re-entrant
+    within a process. ``timeout``: seconds to wait for the holder (0: refuse at once). Raises
+    :class:`FolderBusyError` naming the holder, or ``ValueError`` when ``folder`` is a file.
+    """
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{name}: {folder} is a file, not a folder")
+    base = _LOCK_PREFIX + (f".{scope}" if scope else "")
+    lock_path, holder_path = folder / f"{base}.lock", folder / f"{base}.holder.json"
+    key = str(lock_path.absolute())
+    if key in _HELD:
+        held = _HELD[key]
+        held.depth += 1
+        try:
+            yield held
+        finally:
+            held.depth -= 1
+        return
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    lock = FileLock(lock_path)
+    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise FolderBusyError(f"{name}: {folder} is in use by {_holder_text(holder_path)}; wait for it to "
+                                  f"finish or choose another folder") from None
+        except OSError as error:  # a read-only folder, a file on the way to it
+            raise ValueError(f"{name}: cannot write to {folder} ({error.strerror or error})") from None
+        held = FolderLock(folder, scope, time.time())
+        try:
+            since = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+            atomic_write_json(holder_path, {"pid": os.getpid(), "host": socket.gethostname(),
+                                            "command": _command_line(), "since": since})
+            _HELD[key] = held
+            yield held
+        finally:
+            _HELD.pop(key, None)
+            # Removed while still held: a waiter reopens the path on every try, so it locks the next lock
+            # file, not this vanishing one.
+            holder_path.unlink(missing_ok=True)
+            lock_path.unlink(missing_ok=True)
+            lock.release()
+    finally:
+        for parent in created:  # deepest first: the folders this call made, if nothing was written there
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -66,7 +175,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    """Write ``obj`` as JSON; a NaN or ±inf anywhere in it is written as ``null`` (JSON has no such numbers)."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (Python or numpy, also inside arrays) replaced by ``None``."""
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.ndarray):
+        return _finite(value.tolist())
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def atomic_write_csv(path: str | os.PathLike, frame) -> Path:
@@ -119,6 +243,34 @@ def environment_info() -> dict[str, str]:
 
     info["retina_fgvis"] = __version__
     return info
+
+
+def check_run_folder(out: str | os.PathLike, config: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> None:
+    """Refuse an output folder holding anything but the run ``config`` describes (before anything is written).
+
+    ``out`` must be new, empty (temporary and lock files aside), or hold a ``run.json`` whose config equals
+    ``config`` on every key but those in ``ignore`` (that run is then resumed or rewritten with the same results).
+    """
+    out = Path(out)
+    info_path = out / "run.json"
+    if info_path.is_file():
+        try:
+            previous = json.loads(info_path.read_text(encoding="utf-8"))["config"]
+            wanted = json.loads(json.dumps(_finite(config), default=_json_default))  # as run.json holds it
+            differing = sorted(key for key in set(previous) | set(wanted)
+                               if key not in ignore and previous.get(key) != wanted.get(key))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise ValueError(f"out: {info_path} is not a run record of this command; choose another output "
+                             f"folder") from None
+        if differing:
+            shown = ", ".join(f"{key} {previous.get(key)!r} vs {config.get(key)!r}"
+                              for key in differing if key not in ("image_ids", "images"))
+            raise ValueError(f"out: {out} holds another run's results ({shown or 'different images'}); "
+                             f"choose another output folder or delete it")
+    elif out.exists() and not out.is_dir():
+        raise ValueError(f"out: {out} is a file, not a folder")
+    elif out.exists() and any(not is_housekeeping(entry) for entry in out.iterdir()):
+        raise ValueError(f"out: {out} is not empty and holds no run.json; choose an empty or new folder")
 
 
 def write_run_info(out_dir: str | os.PathLike, config: dict[str, Any], name: str = "run.json") -> Path:

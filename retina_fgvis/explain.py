@@ -27,6 +27,7 @@ importance ``1 − mean mask``; for preservation and generation ``m`` and the me
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +37,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from retina_fgvis._io import atomic_save_figure, atomic_save_npz, atomic_write_csv, atomic_write_json, write_run_info
+from retina_fgvis._io import (atomic_save_figure, atomic_save_npz, atomic_write_csv, atomic_write_json,
+                              check_run_folder, locked_folder, write_run_info)
 from retina_fgvis.fgvis import ClassShift, FGVis, RelativeScoreBelow, lambda_grid
 from retina_fgvis.fgvis.games import game_spec
 from retina_fgvis.models.imagenet import ImageNetModel, as_imagenet_model, image_names
@@ -99,7 +101,8 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
         lam: ``"search"`` (default) or a fixed λ ≥ 0. ``lam_grid``: the search grid (default
             ``lambda_grid(1e-4, 1e-10, 13)``).
         max_iter, lr, defense, reference, batch_size, seed: passed to :class:`~retina_fgvis.fgvis.FGVis`.
-        out_dir: when given, figures, arrays and tables are written there (module docstring).
+        out_dir: when given, figures, arrays and tables are written there (module docstring). It must be
+            new, empty or hold this same run (its ``run.json``); it is locked while the explanations run.
 
     Returns:
         One :class:`ImageExplanations` per image, explanations in the order of ``targets``.
@@ -116,42 +119,46 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
     if wanted is not None and (not wanted or len(set(wanted)) != len(wanted)):
         raise ValueError(f"targets: expected distinct classes, got {list(targets)}")
     names = image_names(images)
-    inputs = model.preprocess_batch(images)
-    with torch.no_grad():
-        clean = model.model(inputs).softmax(dim=1)
-    top = clean.argmax(dim=1)
-    # One row per (image, target); rows of the most-likely class and of other classes differ in their rule.
-    row_image = torch.arange(len(inputs)).repeat_interleave(1 if wanted is None else len(wanted))
-    row_target = top.cpu()[row_image] if wanted is None else torch.tensor(wanted).repeat(len(inputs))
-    primary = row_target == top.cpu()[row_image]
-    fgvis = FGVis(model.model, game=game, defense=defense, reference=reference, lr=lr, max_iter=max_iter,
-                  normalization=model.normalization, batch_size=batch_size, seed=seed, progress=progress)
     grid = lambda_grid() if lam_grid is None else lam_grid
-    results: dict[int, tuple] = {}
-    for is_primary in (True, False):
-        rows = (primary == is_primary).nonzero()[:, 0]
-        if not len(rows):
-            continue
-        rule = ClassShift() if is_primary or game_spec(game).keeps_class else RelativeScoreBelow(secondary_drop)
-        res = fgvis.attribute(inputs[row_image[rows]], target=row_target[rows].to(inputs.device),
-                              lam="search" if isinstance(lam, str) else float(lam), lam_grid=grid, stop=rule)
-        for k, row in enumerate(rows.tolist()):
-            results[row] = (res, k)
-    pixels = (model.to_pixels(inputs) * 255).round().astype(np.uint8)
-    output = []
-    for index, name in enumerate(names):
-        explanations = [_explanation(model, *results[row], bool(primary[row]))
-                        for row in (row_image == index).nonzero()[:, 0].tolist()]
-        output.append(ImageExplanations(name=name, image=pixels[index], top_class=int(top[index]),
-                                        top_name=model.class_names[int(top[index])],
-                                        top_score=float(clean[index, top[index]]), explanations=explanations))
-    if out_dir is not None:
-        _write(output, Path(out_dir), game, {
-            "model": model.name, "weights": model.weights, "image_size": model.image_size, "game": game,
-            "targets": wanted, "lam": lam, "lam_grid": list(grid), "secondary_drop": secondary_drop,
-            "max_iter": max_iter, "lr": lr, "defense": defense, "reference": reference, "seed": seed,
-            "images": [str(image) if isinstance(image, (str, os.PathLike)) else name
-                       for image, name in zip(images, names)]})
+    config = {"model": model.name, "weights": model.weights, "image_size": model.image_size, "game": game,
+              "targets": wanted, "lam": lam, "lam_grid": list(grid), "secondary_drop": secondary_drop,
+              "max_iter": max_iter, "lr": lr, "defense": defense, "reference": reference, "seed": seed,
+              "images": [str(image) if isinstance(image, (str, os.PathLike)) else name
+                         for image, name in zip(images, names)]}
+    with contextlib.ExitStack() as stack:
+        if out_dir is not None:
+            stack.enter_context(locked_folder(out_dir))
+            check_run_folder(out_dir, config)
+        inputs = model.preprocess_batch(images)
+        with torch.no_grad():
+            clean = model.model(inputs).softmax(dim=1)
+        top = clean.argmax(dim=1)
+        # One row per (image, target); rows of the most-likely class and of other classes differ in their rule.
+        row_image = torch.arange(len(inputs)).repeat_interleave(1 if wanted is None else len(wanted))
+        row_target = top.cpu()[row_image] if wanted is None else torch.tensor(wanted).repeat(len(inputs))
+        primary = row_target == top.cpu()[row_image]
+        fgvis = FGVis(model.model, game=game, defense=defense, reference=reference, lr=lr, max_iter=max_iter,
+                      normalization=model.normalization, batch_size=batch_size, seed=seed, progress=progress)
+        results: dict[int, tuple] = {}
+        for is_primary in (True, False):
+            rows = (primary == is_primary).nonzero()[:, 0]
+            if not len(rows):
+                continue
+            rule = ClassShift() if is_primary or game_spec(game).keeps_class else RelativeScoreBelow(secondary_drop)
+            res = fgvis.attribute(inputs[row_image[rows]], target=row_target[rows].to(inputs.device),
+                                  lam="search" if isinstance(lam, str) else float(lam), lam_grid=grid, stop=rule)
+            for k, row in enumerate(rows.tolist()):
+                results[row] = (res, k)
+        pixels = (model.to_pixels(inputs) * 255).round().astype(np.uint8)
+        output = []
+        for index, name in enumerate(names):
+            explanations = [_explanation(model, *results[row], bool(primary[row]))
+                            for row in (row_image == index).nonzero()[:, 0].tolist()]
+            output.append(ImageExplanations(name=name, image=pixels[index], top_class=int(top[index]),
+                                            top_name=model.class_names[int(top[index])],
+                                            top_score=float(clean[index, top[index]]), explanations=explanations))
+        if out_dir is not None:
+            _write(output, Path(out_dir), game, config)
     return output
 
 

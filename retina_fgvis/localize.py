@@ -19,7 +19,8 @@ H×W is the classifier's input resolution. Every file is written atomically and 
 so an image is finished exactly when its ``record.json`` exists; a rerun skips finished images and a
 killed run loses nothing. The sorted split is cut into batches of ``batch_size`` images; sharding
 (``shard="i/n"`` or torchrun's ``RANK``/``WORLD_SIZE``) gives process i the batches ``i, i+n, i+2n, …``.
-Shards write into the same folder and the scoring, run once every image is finished
+Shards write into the same folder, each holding the lock of its shard (:func:`~retina_fgvis._io.locked_folder`;
+a second process for the same shard is refused), and the scoring, run once every image is finished
 (:func:`run_complete`), merges them. As an image is always computed in the same batch, its result
 does not depend on how the work was sharded or resumed.
 
@@ -52,10 +53,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from retina_fgvis._io import (atomic_save_npz, atomic_write_json, atomic_write_png, is_temporary, remove_temporaries,
-                              write_run_info)
+from retina_fgvis._io import (atomic_save_npz, atomic_write_json, atomic_write_png, check_run_folder, locked_folder,
+                              remove_temporaries, write_run_info)
 from retina_fgvis.binarize import PAPER_THRESHOLD, binarize_relative, check_threshold
-from retina_fgvis.checks import check_int
+from retina_fgvis.checks import check_int, check_number
 from retina_fgvis.runtime import progress_bar, resolve_device, torchrun_place
 
 __all__ = ["LocalizeConfig", "localize", "StopNotReachedWarning", "run_complete", "shard_batches", "parse_shard", "open_dataset",
@@ -70,9 +71,11 @@ DATASETS = ("diaretdb1", "synthetic")
 SPLITS = ("test", "train", "all")
 # Settings that do not change the results: a run may be resumed or sharded with other values.
 _RUNTIME_KEYS = ("out", "device", "shard", "progress")
-# Recorded in run.json but not compared: shards on other machines see other paths. The checkpoint is
-# identified by its SHA-256 and the data by its image ids.
-_PATH_KEYS = ("checkpoint", "data_dir")
+# Recorded in run.json but not compared: the checkpoint is identified by its SHA-256. The data folder is
+# compared (the ground truth the run is scored against), so shards must see it under the same path.
+_PATH_KEYS = ("checkpoint",)
+# Seconds a shard waits for another shard to finish claiming the folder (checking or writing run.json).
+_CLAIM_TIMEOUT = 30.0
 
 
 class StopNotReachedWarning(UserWarning):
@@ -85,7 +88,7 @@ class LocalizeConfig:
 
     Attributes:
         data_dir: DiaretDB1 folder (v1.1 or v2.1 layout, or its parent); for ``dataset="synthetic"``
-            the folder holding (or receiving) the built-in semi-synthetic set.
+            the folder holding the built-in semi-synthetic set (written by ``retina-fgvis synth``).
         checkpoint: classifier checkpoint (``retina-fgvis train``).
         out: run folder.
         dataset: ``"diaretdb1"`` or ``"synthetic"``.
@@ -136,14 +139,9 @@ class LocalizeConfig:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("batch_size", "max_iter", "smoothgrad_samples"):
             check_int(name, getattr(self, name), minimum=1)
-        if self.random_cell is not None:
-            check_int("random_cell", self.random_cell, minimum=1)
-        if not float(self.lam) >= 0:
-            raise ValueError(f"lam: expected λ ≥ 0, got {self.lam!r}")
-        if not float(self.lr) > 0:
-            raise ValueError(f"lr: expected a learning rate > 0, got {self.lr!r}")
-        if not 0 < float(self.stop_score) <= 1:
-            raise ValueError(f"stop_score: expected an RDR probability in (0, 1], got {self.stop_score!r}")
+        check_number("lam", self.lam, minimum=0)
+        check_number("lr", self.lr, minimum=0, exclusive_minimum=True)
+        check_number("stop_score", self.stop_score, minimum=0, maximum=1, exclusive_minimum=True)
         if self.shard is not None:
             parse_shard(self.shard)
 
@@ -182,31 +180,36 @@ def shard_batches(image_ids: list[str], batch_size: int, shard: str | tuple[int,
     """
     ordered = sorted(image_ids)
     batches = [ordered[start:start + batch_size] for start in range(0, len(ordered), batch_size)]
+    resolved = _resolve_shard(shard)
+    return batches if resolved is None else batches[resolved[0]::resolved[1]]
+
+
+def _resolve_shard(shard: str | tuple[int, int] | None) -> tuple[int, int] | None:
+    """``(i, n)`` of this process (``shard``, else torchrun's rank/world size); ``None`` = everything."""
     if shard is None:
         place = torchrun_place()
         if place.world_size <= 1:
-            return batches
+            return None
         shard = (place.rank, place.world_size)
-    index, count = parse_shard(shard)
-    return batches[index::count]
+    return parse_shard(shard)
 
 
-def open_dataset(dataset: str, data_dir: str | os.PathLike, *, size: int = 256, seed: int = 0):
-    """Open the ground truth: DiaretDB1 in ``data_dir``, or the semi-synthetic set there.
+def open_dataset(dataset: str, data_dir: str | os.PathLike):
+    """Open the ground truth (read only): DiaretDB1 in ``data_dir``, or the semi-synthetic set there.
 
-    For ``"synthetic"`` an existing set (``data_dir/synthetic.json``, e.g. from ``retina-fgvis synth`` or
-    ``train --dataset synthetic``) is reused; otherwise its test images (40, ``size`` px, ``seed``) are built.
+    For ``"synthetic"``, ``data_dir`` must hold a set written by ``retina-fgvis synth`` (its ``synthetic.json``).
 
-    Returns the opened dataset; a folder without DiaretDB1 raises ``DatasetError`` (a ``ValueError``) naming it.
+    Returns the opened dataset; a folder without DiaretDB1 (or without a synthetic set) raises
+    ``DatasetError`` (a ``ValueError``) naming it.
     """
     from retina_fgvis.datasets.diaretdb1 import open_diaretdb1
+    from retina_fgvis.datasets.errors import DatasetError
 
     root = Path(data_dir)
     if dataset == "synthetic":
         if not (root / "synthetic.json").is_file():
-            from retina_fgvis.datasets.synthetic import generate_synthetic
-
-            generate_synthetic(root, n_train=0, n_test=40, size=size, seed=seed)
+            raise DatasetError(root, "no semi-synthetic set here (no synthetic.json); create one with "
+                                     "`retina-fgvis synth`")
         root = root / "diaretdb1"
     return open_diaretdb1(root)
 
@@ -254,28 +257,6 @@ def _run_config(config: LocalizeConfig, checkpoint: Path, image_ids: list[str], 
                 record.pop(key)
     record["threshold"] = float(config.threshold)
     return record
-
-
-def _claim_out(out: Path, run_config: dict[str, Any]) -> None:
-    """Refuse an output folder holding anything but this run (checked before anything is written)."""
-    info_path = out / "run.json"
-    if info_path.is_file():
-        try:
-            previous = json.loads(info_path.read_text(encoding="utf-8"))["config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise ValueError(f"out: {info_path} is not a localize run record; choose another output folder") from None
-        differing = sorted(key for key in set(previous) | set(run_config)
-                           if key not in _PATH_KEYS and previous.get(key) != run_config.get(key))
-        if differing:
-            shown = ", ".join(f"{key} {previous.get(key)!r} vs {run_config.get(key)!r}"
-                              for key in differing if key != "image_ids")
-            raise ValueError(f"out: {out} holds another run's results ({shown or 'different images'}); "
-                             f"choose another output folder or delete it")
-    elif out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} is a file, not a folder")
-    elif out.exists() and any(not is_temporary(entry) for entry in out.iterdir()):
-        # Temporary files are ignored: another shard may be writing run.json right now.
-        raise ValueError(f"out: {out} is not empty and holds no run.json; choose an empty or new folder")
 
 
 def run_complete(out: str | os.PathLike) -> bool:
@@ -401,7 +382,8 @@ def localize(config: LocalizeConfig) -> Path:
 
     Checks everything before writing: a bad setting, a checkpoint that is not a fundus classifier
     (``CheckpointError``), a folder without DiaretDB1 (``DatasetError``), or an output folder holding
-    another run (``ValueError``) stops with one error and leaves the folder as it was.
+    another run (``ValueError``) stops with one error and leaves the folder as it was; so does an output
+    folder (or shard of it) another process holds (``FolderBusyError``, naming the holder).
 
     Returns:
         The run folder. Finished images are skipped; see :func:`run_complete` for whether all shards are done.
@@ -412,17 +394,27 @@ def localize(config: LocalizeConfig) -> Path:
     device = _device(config)
     checkpoint = Path(config.checkpoint)
     classifier = load_classifier(checkpoint, map_location=device)
-    dataset = open_dataset(config.dataset, config.data_dir, size=classifier.image_size, seed=config.seed)
+    dataset = open_dataset(config.dataset, config.data_dir)
     all_ids = list(dataset.image_ids(config.split))
     if not all_ids:
         raise ValueError(f"split: no {config.split!r} images in {config.data_dir}")
     out = Path(config.out)
     run_config = _run_config(config, checkpoint, all_ids, classifier)
-    _claim_out(out, run_config)
-    if not (out / "run.json").is_file():
-        write_run_info(out, run_config)
+    shard = _resolve_shard(config.shard)
+    # A process holds its part of the folder (the whole run, or its shard) until it returns; the folder's
+    # identity is checked and run.json written under the whole folder's lock, which shards take in turn.
+    with locked_folder(out, scope=None if shard is None else f"shard-{shard[0]}-of-{shard[1]}") as lock:
+        with locked_folder(out, timeout=0 if shard is None else _CLAIM_TIMEOUT):
+            check_run_folder(out, run_config, ignore=_PATH_KEYS)
+            if not (out / "run.json").is_file():
+                write_run_info(out, run_config)
+        _explain_batches(config, classifier, dataset, shard_batches(all_ids, config.batch_size, shard), lock)
+    return out
 
-    batches = shard_batches(all_ids, config.batch_size, config.shard)
+
+def _explain_batches(config: LocalizeConfig, classifier, dataset, batches: list[list[str]], lock) -> None:
+    """Explain and write the unfinished images of ``batches`` into ``config.out`` (held by ``lock``)."""
+    out = Path(config.out)
     explain = _explainer(config, classifier)
     target = int(classifier.meta["positive_class"])
     graham = bool(classifier.meta.get("graham", False))
@@ -449,14 +441,13 @@ def localize(config: LocalizeConfig) -> Path:
             for row, (image_id, sample) in enumerate(zip(batch, samples)):
                 if image_id in pending:
                     folder = out / "images" / image_id
-                    remove_temporaries(folder)
+                    remove_temporaries(folder, lock)
                     _write_image(folder, image_id, sample, explanation, row, config, seconds, dataset)
             done += len(pending)
             rate = done / (time.perf_counter() - started)
             bar.update(task, advance=len(pending), status=f"{rate:.2f} img/s")
     if config.method == "fgvis":
         _warn_if_most_failed(out, [image_id for batch in batches for image_id in batch], config.stop_score)
-    return out
 
 
 def _warn_if_most_failed(out: Path, image_ids: list[str], stop_score: float) -> None:
@@ -468,4 +459,4 @@ def _warn_if_most_failed(out: Path, image_ids: list[str], stop_score: float) -> 
         warnings.warn(StopNotReachedWarning(
             f"{failed} of {len(outcomes)} FGVis explanations did not bring P(RDR) below {stop_score:g}: their masks "
             "explain nothing; run `retina-fgvis diagnose` on this checkpoint to see whether the defense starves "
-            "the gradient or the reference already scores above the stop value"), stacklevel=3)
+            "the gradient or the reference already scores above the stop value"), stacklevel=4)

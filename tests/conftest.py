@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -84,7 +86,7 @@ def _trained(synthetic_data, tmp_path_factory, name: str, **overrides) -> Path:
         if not marker.is_file():
             result = train(TrainConfig(
                 dataset="synthetic", data_dir=synthetic_data.root, out=out / "run", image_size=SYNTHETIC["size"],
-                n_train=SYNTHETIC["n_train"], n_test=SYNTHETIC["n_test"], seed=SYNTHETIC["seed"], device="cpu",
+                seed=SYNTHETIC["seed"], device="cpu",
                 progress=False, **{**TRAINING, **overrides}))
             marker.write_text(json.dumps({"checkpoint": str(result.best_checkpoint), **result.best_metrics}))
         return Path(json.loads(marker.read_text())["checkpoint"])
@@ -105,4 +107,41 @@ def o_O_checkpoint(synthetic_data, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def control_checkpoint(control_data, tmp_path_factory) -> Path:
     """The quick model trained on the known-evidence control set :func:`control_data`."""
-    return _trained(control_data, tmp_path_factory, "trained-control", label_rule=CONTROL_RULE)
+    return _trained(control_data, tmp_path_factory, "trained-control")
+
+
+_HOLD_FOLDER = """
+import sys, time
+from retina_fgvis._io import locked_folder
+with locked_folder(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.fixture
+def hold_folder():
+    """``hold_folder(folder)``: a child process holding ``locked_folder(folder)`` (killed after the test)."""
+    children = []
+
+    def start(folder: Path) -> subprocess.Popen:
+        child = subprocess.Popen([sys.executable, "-c", _HOLD_FOLDER, str(folder)], stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, "OMP_NUM_THREADS": "1"})
+        children.append(child)
+        assert child.stdout.readline().strip() == "held"
+        return child
+
+    yield start
+    for child in children:
+        child.kill()
+        child.wait()
+
+
+@pytest.fixture(scope="session")
+def snapshot():
+    """Function ``snapshot(folder)``: every file under ``folder`` with its bytes (to show nothing was overwritten)."""
+    return _snapshot
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -248,7 +248,7 @@ def test_output_folder_of_another_run_is_refused_and_kept(runs, synthetic_data, 
 
 
 def test_resume_or_shard_may_use_other_paths_and_device(runs, synthetic_data, trained_checkpoint, tmp_path):
-    # Shards on other machines see the same checkpoint and data under other paths.
+    # Shards on other machines may see the same checkpoint under another path (it is identified by its SHA-256).
     out = tmp_path / "run"
     shutil.copytree(runs["gradcam"], out)
     moved = shutil.copy(trained_checkpoint, tmp_path / "elsewhere.pt")

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retina_fgvis.checks import check_int
-from retina_fgvis.datasets.synthetic import LabelRule
+from retina_fgvis.checks import check_int, check_number
 from retina_fgvis.models.fundus_cnn import FundusCNN
 
 __all__ = ["DATASETS", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "TrainConfig"]
@@ -31,7 +30,7 @@ class TrainConfig:
 
     Attributes:
         dataset: ``"eyepacs"`` (a folder readable by ``load_eyepacs_table``) or ``"synthetic"``
-            (the built-in semi-synthetic set, generated into ``data_dir`` or ``out/synthetic``).
+            (the built-in semi-synthetic set, written by ``retina-fgvis synth``; training only reads it).
         data_dir: dataset folder.
         out: run folder (created; must not hold another run's results unless ``resume``).
         epochs, image_size, batch_size, lr, width: ``None`` takes :data:`DATASET_DEFAULTS`.
@@ -49,9 +48,6 @@ class TrainConfig:
         val_fraction: fraction of patients held out for validation.
         rdr_threshold: DR level from which an image counts as referable (class 1).
         graham: Graham-normalise images before training (stored in the checkpoint).
-        n_train, n_test: synthetic only: images generated for training+validation / for localisation.
-        label_rule: synthetic only: ``"TYPE:k"``, the known-evidence control (RDR iff at least k lesions of
-            that type; :class:`retina_fgvis.datasets.synthetic.LabelRule`); ``None``: the DR grade decides.
         steps_per_epoch: cap on iterations per epoch (quick checks); ``None`` = the whole training split.
         amp: mixed precision on CUDA (ignored on CPU).
         progress: show the rich progress bar.
@@ -79,9 +75,6 @@ class TrainConfig:
     val_fraction: float = 0.2
     rdr_threshold: int = 2
     graham: bool = False
-    n_train: int = 800
-    n_test: int = 20
-    label_rule: str | None = None
     steps_per_epoch: int | None = None
     amp: bool = True
     progress: bool = True
@@ -91,23 +84,23 @@ class TrainConfig:
         """A copy with dataset defaults filled in and every field checked (ValueError naming the field)."""
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset: expected one of {DATASETS}, got {self.dataset!r}")
-        if self.dataset == "eyepacs" and self.data_dir is None:
-            raise ValueError("data_dir: --dataset eyepacs needs --data-dir (the EyePACS folder)")
+        if self.data_dir is None:
+            raise ValueError(f"data_dir: --dataset {self.dataset} needs --data-dir "
+                             f"({'the EyePACS folder' if self.dataset == 'eyepacs' else 'a set from `retina-fgvis synth`'})")
         filled = {key: value if getattr(self, key) is None else getattr(self, key)
                   for key, value in DATASET_DEFAULTS[self.dataset].items()}
         config = dataclasses.replace(self, **filled)
         config.out = Path(config.out)
         config.data_dir = None if config.data_dir is None else Path(config.data_dir)
-        positive = ("epochs", "image_size", "batch_size", "width", "n_train", "norm_samples")
-        for name in positive + ("workers", "n_test", "seed", "rdr_threshold"):
+        positive = ("epochs", "image_size", "batch_size", "width", "norm_samples")
+        for name in positive + ("workers", "seed", "rdr_threshold"):
             check_int(name, getattr(config, name), minimum=1 if name in positive else 0)
         if config.image_size < 32:
             raise ValueError(f"image_size: the network needs at least 32 px, got {config.image_size}")
         if config.steps_per_epoch is not None and (not isinstance(config.steps_per_epoch, int)
                                                    or config.steps_per_epoch < 1):
             raise ValueError(f"steps_per_epoch: expected a positive integer or None, got {config.steps_per_epoch!r}")
-        if not config.lr > 0:
-            raise ValueError(f"lr: expected a positive learning rate, got {config.lr!r}")
+        check_number("lr", config.lr, minimum=0, exclusive_minimum=True)
         if not config.weight_decay >= 0:
             raise ValueError(f"weight_decay: expected >= 0, got {config.weight_decay!r}")
         if not 0.0 < config.val_fraction < 1.0:
@@ -116,10 +109,6 @@ class TrainConfig:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {config.dropout!r}")
         if not 0.0 <= config.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing: expected a value in [0, 0.5), got {config.label_smoothing!r}")
-        if config.label_rule is not None:
-            if config.dataset != "synthetic":
-                raise ValueError("label_rule: only the synthetic set has a label rule (--dataset synthetic)")
-            config.label_rule = str(LabelRule.parse(config.label_rule))
         config.network_options = dict(config.network_options)
         # FundusCNN owns its architecture rules: a one-channel build checks layout and options before
         # anything is written.

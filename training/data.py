@@ -19,13 +19,13 @@ from monai.transforms import (Compose, EnsureTyped, MapTransform, NormalizeInten
                               RandRotated, RandScaleIntensityd, RandZoomd)
 from torch.utils.data import DistributedSampler
 
+from retina_fgvis.datasets.errors import DatasetError
 from retina_fgvis.datasets.eyepacs import load_eyepacs_table, patient_split
 from retina_fgvis.datasets.fundus import load_fundus
-from retina_fgvis.datasets.synthetic import generate_synthetic, read_label_rule
 from retina_fgvis.training.config import TrainConfig
 
 __all__ = ["LoadFundusd", "SPLIT_COLUMNS", "compute_normalization", "load_split", "make_loaders",
-           "make_transforms", "prepare_split", "synthetic_root"]
+           "make_transforms", "prepare_split"]
 
 SYNTHETIC_MARKER = "synthetic.json"  # written last by generate_synthetic
 SPLIT_COLUMNS = ("image", "path", "level", "label", "patient", "eye", "split")
@@ -73,30 +73,16 @@ def make_transforms(image_size: int, mean: Sequence[float], std: Sequence[float]
     return Compose(steps)
 
 
-def synthetic_root(config: TrainConfig) -> Path:
-    """Folder the synthetic set lives in: ``data_dir`` if given, else ``out/synthetic``."""
-    return Path(config.data_dir) if config.data_dir is not None else Path(config.out) / "synthetic"
-
-
 def _eyepacs_root(config: TrainConfig) -> Path:
+    """The EyePACS-layout folder to read (training never writes a dataset)."""
+    root = Path(config.data_dir)
+    if not root.is_dir():
+        raise ValueError(f"data_dir: {root} is not a folder")
     if config.dataset == "eyepacs":
-        root = Path(config.data_dir)
-        if not root.is_dir():
-            raise ValueError(f"data_dir: {root} is not a folder")
         return root
-    root = synthetic_root(config)
-    # An existing set (its synthetic.json marks it complete) is reused as it is, so a resumed or
-    # repeated run trains on the same images and a user's folder is never regenerated.
-    if not (root / SYNTHETIC_MARKER).is_file():
-        if root.is_dir() and any(root.iterdir()):
-            raise ValueError(f"data_dir: {root} is neither a synthetic set (no {SYNTHETIC_MARKER}) nor empty; "
-                             f"choose a new folder to generate the set into")
-        generate_synthetic(root, n_train=config.n_train, n_test=config.n_test, size=config.image_size,
-                           seed=config.seed, progress=config.progress, label_rule=config.label_rule)
-    recorded = read_label_rule(root)
-    if str(recorded) != str(config.label_rule):
-        raise ValueError(f"label_rule: {root} was generated with label rule {recorded}, not {config.label_rule}; "
-                         f"choose another data folder")
+    if not (root / SYNTHETIC_MARKER).is_file():  # written last by generate_synthetic: the set is complete
+        raise DatasetError(root, f"no semi-synthetic set here (no {SYNTHETIC_MARKER}); create one with "
+                                 f"`retina-fgvis synth {root}`")
     return root / "eyepacs"
 
 

@@ -41,11 +41,8 @@ class DistContext:
         if self.distributed:
             dist.barrier()
 
-    def main_first(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on rank 0, then on the other ranks (e.g. rank 0 creates files the others read).
-
-        A ValueError on rank 0 is raised on every rank, so none waits forever at a barrier.
-        """
+    def main_only(self, fn: Callable[[], T]) -> T | None:
+        """Run ``fn`` on rank 0 only (the others get ``None``); a ValueError there is raised on every rank."""
         if not self.distributed:
             return fn()
         result, failure = None, None
@@ -60,7 +57,7 @@ class DistContext:
             raise failure
         if status[0] is not None:
             raise ValueError(status[0])
-        return result if self.is_main else fn()
+        return result
 
 
 def launched_by_torchrun() -> bool:

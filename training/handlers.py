@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import ignite.distributed as idist
 from ignite.engine import Engine, Events
 from monai.data.utils import set_rnd
@@ -17,8 +18,8 @@ from rich.progress import Progress
 from retina_fgvis._io import atomic_write_csv
 from retina_fgvis.runtime import seed_everything
 
-__all__ = ["EpochRecorder", "EpochSeeder", "METRIC_COLUMNS", "OperatingPointHandler", "RichProgressHandler",
-           "youden_operating_point"]
+__all__ = ["BroadcastBuffers", "DivergenceGuard", "EpochRecorder", "EpochSeeder", "METRIC_COLUMNS", "OperatingPointHandler",
+           "RichProgressHandler", "TrainingDivergedError", "youden_operating_point"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "val_auc", "val_sensitivity", "val_specificity", "operating_point",
                   "lr", "seconds")
@@ -61,6 +62,68 @@ class EpochSeeder:
         seed = int(np.random.SeedSequence([self.seed, engine.state.epoch, self.rank]).generate_state(1)[0])
         seed_everything(seed)
         set_rnd(self.dataset, seed)
+
+
+class TrainingDivergedError(ValueError):
+    """The training loss or the weights became NaN or ±inf."""
+
+
+class DivergenceGuard:
+    """Trainer handler, attached before validation: stops the run when an epoch's loss or the weights after it
+    are not finite, before anything of that epoch is validated or saved (the last good checkpoints stay).
+
+    The verdict is reduced over all processes, so every torchrun rank stops at the same epoch.
+    """
+
+    def __init__(self, network: torch.nn.Module, out: Path):
+        self.network, self.out = network, out
+        self._finite = True
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.epoch_started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def epoch_started(self, engine: Engine) -> None:
+        self._finite = True
+
+    def iteration_completed(self, engine: Engine) -> None:
+        self._finite = self._finite and bool(torch.isfinite(engine.state.output["loss"].detach()).all())
+
+    def epoch_completed(self, engine: Engine) -> None:
+        from retina_fgvis.models.checkpoint import non_finite_weight
+
+        weight = non_finite_weight(self.network.state_dict())
+        healthy = idist.all_reduce(torch.tensor(float(self._finite and weight is None)), op="MIN")
+        if float(healthy) < 1.0:
+            epoch, lr = engine.state.epoch, float(engine.optimizer.param_groups[0]["lr"])
+            kept = f"{self.out}/last.pt keeps epoch {epoch - 1}" if epoch > 1 else "no checkpoint was written"
+            what = f"weight {weight}" if weight is not None else "the training loss"
+            raise TrainingDivergedError(
+                f"train: the run diverged in epoch {epoch}: {what} became NaN or inf (learning rate {lr:g}); "
+                f"nothing of this epoch was saved, {kept}; train again with a lower --lr")
+
+
+class BroadcastBuffers:
+    """Trainer handler, attached before validation: copies rank 0's buffers (batch-norm running statistics)
+    to every process at the end of each epoch.
+
+    DDP keeps the parameters equal on all ranks, but each rank updates its batch-norm statistics on its
+    own last batch. With rank 0's buffers everywhere, every rank holds the model rank 0 saves, so the
+    validation metrics and the operating point, computed over the whole validation set across ranks,
+    are those of the saved checkpoint. A world of one is left alone.
+    """
+
+    def __init__(self, network: torch.nn.Module):
+        self.network = network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            for buffer in self.network.buffers():
+                dist.broadcast(buffer, src=0)  # in place
 
 
 class OperatingPointHandler:

@@ -31,15 +31,15 @@ from monai.handlers import LrScheduleHandler, ROCAUC, ValidationHandler, from_en
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from torch import nn
 
-from retina_fgvis._io import atomic_write_csv, write_run_info
+from retina_fgvis._io import FolderLock, atomic_write_csv, locked_folder, remove_temporaries, write_run_info
 from retina_fgvis.models.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
 from retina_fgvis.models.fundus_cnn import FundusCNN
 from retina_fgvis.runtime import progress_bar, seed_everything
 from retina_fgvis.training.config import RESUMABLE_OVERRIDES, TrainConfig
 from retina_fgvis.training.data import compute_normalization, load_split, make_loaders, prepare_split
 from retina_fgvis.training.distributed import DistContext, distributed_context
-from retina_fgvis.training.handlers import (METRIC_COLUMNS, EpochRecorder, EpochSeeder, OperatingPointHandler,
-                               RichProgressHandler)
+from retina_fgvis.training.handlers import (METRIC_COLUMNS, BroadcastBuffers, DivergenceGuard, EpochRecorder,
+                                            EpochSeeder, OperatingPointHandler, RichProgressHandler)
 
 __all__ = ["RUN_FILES", "TrainResult", "train"]
 
@@ -75,10 +75,11 @@ def train(config: TrainConfig) -> TrainResult:
     for: a data folder not in the dataset's layout, an empty or single-class split, ``out``
     holding another run's results without ``resume``, ``resume`` without ``out/last.pt``, or a
     corrupt / foreign checkpoint there. Under ``torchrun`` every process calls this; only rank 0
-    writes files.
+    writes files, and holds the lock of ``out`` (:func:`~retina_fgvis._io.locked_folder`) throughout.
     """
-    with distributed_context(config.device) as ctx:
-        return _train(config, ctx)
+    with distributed_context(config.device) as ctx, contextlib.ExitStack() as stack:
+        lock = ctx.main_only(lambda: stack.enter_context(locked_folder(config.out)))
+        return _train(config, ctx, lock)
 
 
 def _refuse_existing_run(out: Path) -> None:
@@ -128,13 +129,6 @@ def _restore(payload: dict[str, Any], optimizer: torch.optim.Optimizer, schedule
     return epoch, history, (float(extra.get("best_auc", -1.0)), int(extra.get("best_epoch", 0)))
 
 
-def _remove_stale_temporaries(out: Path) -> None:
-    """Delete temporary files a killed run left behind (``atomic_path`` names them ``.NAME.*.tmp*``)."""
-    for name in RUN_FILES.values():
-        for stale in out.glob(f".{name}.*.tmp*"):
-            stale.unlink()
-
-
 def _class_weights(labels: pd.Series) -> torch.Tensor:
     """Inverse class frequency, n / (2·n_c): both classes weigh the same in the loss."""
     counts = labels.value_counts().reindex([0, 1]).to_numpy(dtype=float)
@@ -162,7 +156,7 @@ def _tensorboard_handlers(out: Path, trainer: SupervisedTrainer, evaluator: Supe
     trainer.add_event_handler(Events.COMPLETED, lambda _: writer.close())
 
 
-def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
+def _train(config: TrainConfig, ctx: DistContext, lock: FolderLock | None) -> TrainResult:
     started = time.perf_counter()
     if config.resume:
         config, payload = _resume_config(config)
@@ -172,12 +166,11 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
     out = Path(config.out)
     paths = {key: out / name for key, name in RUN_FILES.items()}
 
-    # Everything is validated before the first write; only the synthetic set is generated first,
-    # by the main process, and the others read it afterwards.
+    # Everything is validated before the first write.
     if payload is not None and paths["split"].exists():
         split = load_split(paths["split"])
     else:
-        split = ctx.main_first(lambda: prepare_split(config))
+        split = prepare_split(config)
     train_rows = split[split["split"] == "train"]
     if payload is not None:
         mean, std = list(payload["meta"]["mean"]), list(payload["meta"]["std"])
@@ -203,7 +196,7 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
         if payload is None:
             atomic_write_csv(paths["split"], split)
         else:
-            _remove_stale_temporaries(out)
+            remove_temporaries(out, lock)
             # Drops the row of an epoch trained after the last checkpoint (killed before saving it).
             atomic_write_csv(paths["metrics"], pd.DataFrame(history, columns=list(METRIC_COLUMNS)))
         write_run_info(out, {"task": "train", **config.to_dict()})
@@ -241,8 +234,11 @@ def _train(config: TrainConfig, ctx: DistContext) -> TrainResult:
 
     recorder = EpochRecorder(evaluator, paths["metrics"], save, is_main=ctx.is_main, history=history,
                              best_auc=best[0], best_epoch=best[1])
-    # Order matters at EPOCH_COMPLETED: step the schedule, validate, then record and save.
+    # Order matters at EPOCH_COMPLETED: stop a diverged run, give every rank the model rank 0 saves, step the
+    # schedule, validate, then record and save.
     handlers: list = [EpochSeeder(config.seed, ctx.rank, train_ds),
+                      DivergenceGuard(unwrap_model(network), out),
+                      BroadcastBuffers(unwrap_model(network)),
                       LrScheduleHandler(scheduler, print_lr=False),
                       ValidationHandler(interval=1, validator=evaluator),
                       recorder]

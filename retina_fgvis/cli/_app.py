@@ -1,4 +1,5 @@
-"""The typer application every command module registers on."""
+"""The typer application every command module registers on, and its one path for bad input."""
+import os
 from typing import NoReturn
 
 import typer
@@ -12,8 +13,18 @@ app = typer.Typer(
 )
 console = Console()
 
+#: What a command reports with :func:`fail`: bad input (``ValueError``, every checked argument and file) and
+#: operating-system errors on a path (a read-only folder, a file where a folder belongs, a full disk).
+BAD_INPUT = (ValueError, OSError)
+
 
 def fail(error: Exception) -> NoReturn:
     """Report bad input as one red line on stderr and exit with code 2."""
-    Console(stderr=True).print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
+    if isinstance(error, OSError) and error.filename is not None:
+        # "PATH: Permission denied" (and the second path of a rename), not Python's "[Errno 13] ..." form.
+        paths = [os.fspath(name) for name in (error.filename, error.filename2) if name is not None]
+        message = f"{' -> '.join(paths)}: {error.strerror or error}"
+    else:
+        message = str(error)
+    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)

@@ -7,11 +7,11 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from retina_fgvis.cli._app import app, fail
+from retina_fgvis.cli._app import BAD_INPUT, app, fail
+from retina_fgvis.datasets.synthetic import create_synthetic_set
 
 prepare_app = typer.Typer(help="Preprocess a dataset once (FOV crop, square, resize, optional Graham).", no_args_is_help=True)
 app.add_typer(prepare_app, name="prepare")
-
 
 
 @app.command("synth")
@@ -25,15 +25,18 @@ def synth(
                                              "least k lesions of TYPE (e.g. red_small_dots:1), the other types drawn "
                                              "independently of the label; default: the DR grade decides."),
 ) -> None:
-    """Write the built-in semi-synthetic fundus set (see retina_fgvis.datasets.synthetic.generate_synthetic)."""
-    from retina_fgvis.datasets.synthetic import generate_synthetic
+    """Write the built-in semi-synthetic fundus set (see retina_fgvis.datasets.synthetic.generate_synthetic).
 
+    A folder holding the same set (same settings) is reused as it is; any other non-empty folder is refused.
+    """
     try:
-        paths = generate_synthetic(out, n_train=n_train, n_test=n_test, size=size, seed=seed, progress=True,
-                                   label_rule=label_rule)
-    except ValueError as error:
+        paths, written = create_synthetic_set(out, n_train=n_train, n_test=n_test, size=size, seed=seed,
+                                              label_rule=label_rule)
+    except BAD_INPUT as error:
         fail(error)
     console = Console(soft_wrap=True, highlight=False)
+    if not written:
+        console.print(f"{out} already holds this set (same settings): reused, nothing rewritten")
     console.print(f"EyePACS layout:        {paths.eyepacs}")
     console.print(f"DiaretDB1 v2.1 layout: {paths.diaretdb1}")
     console.print(f"DiaretDB1 v1.1 layout: {paths.diaretdb1_v1}")
@@ -53,7 +56,7 @@ def prepare_eyepacs_command(
 
     try:
         summary = prepare_eyepacs(src, dst, size=size, graham=graham, workers=workers, progress=True)
-    except ValueError as error:
+    except BAD_INPUT as error:
         fail(error)
     colour = "red" if summary.failed else "green"
     Console(soft_wrap=True).print(f"[{colour}]{summary}[/{colour}]", highlight=False)

@@ -16,8 +16,9 @@ from typing import Any
 
 import typer
 
-from retina_fgvis._io import atomic_write_json
-from retina_fgvis.cli._app import app, console, fail
+from retina_fgvis._io import atomic_write_json, locked_folder
+from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
+from retina_fgvis.datasets.synthetic import create_synthetic_set
 from retina_fgvis.localize import LocalizeConfig, localize
 
 #: The control's default label rule: RDR iff the image holds at least one hard exudate.
@@ -68,10 +69,13 @@ def run_control(out: str | Path = "demo_out/control", rule: str = CONTROL_RULE, 
 
     started = time.perf_counter()
     out = Path(out)
+    # Like the demo, the control creates its own set, and says so.
+    _, written = create_synthetic_set(out / "data", n_train=n_train, n_test=n_test, size=size, seed=seed,
+                                      label_rule=rule, progress=progress)
+    console.print(f"control: {'wrote' if written else 'reusing'} the {rule} set in {out / 'data'}", soft_wrap=True)
     checkpoint = train(TrainConfig(
-        dataset="synthetic", data_dir=out / "data", out=out / "model", image_size=size, n_train=n_train,
-        n_test=n_test, epochs=epochs, width=width, seed=seed, device=device, label_rule=rule,
-        resume=(out / "model" / "last.pt").is_file(), progress=progress)).best_checkpoint
+        dataset="synthetic", data_dir=out / "data", out=out / "model", image_size=size, epochs=epochs, width=width,
+        seed=seed, device=device, resume=(out / "model" / "last.pt").is_file(), progress=progress)).best_checkpoint
     run = localize(LocalizeConfig(data_dir=out / "data", checkpoint=checkpoint, out=out / "fgvis", dataset="synthetic",
                                   device=device, max_iter=max_iter, seed=seed, progress=progress))
     control = known_evidence(score_run(run, progress=progress), rule)
@@ -110,23 +114,27 @@ def run_demo(out: str | Path = "demo_out", device: str = "auto", progress: bool 
     started = time.perf_counter()
     out = Path(out)
     data = out / "data"
-    # Training writes the set into ``data``; a rerun resumes the training run.
-    checkpoint = train(TrainConfig(
-        dataset="synthetic", data_dir=data, out=out / "model", image_size=size, n_train=n_train, n_test=n_test,
-        epochs=epochs, width=width, seed=seed, device=device,
-        resume=(out / "model" / "last.pt").is_file(), progress=progress)).best_checkpoint
-    runs = {}
-    for method in ("fgvis", "gradcam"):
-        runs[method] = localize(LocalizeConfig(
-            data_dir=data, checkpoint=checkpoint, out=out / method, dataset="synthetic", method=method,
-            device=device, max_iter=max_iter, seed=seed, progress=progress))
-        console.print(summary_table(score_run(runs[method], progress=progress)))
-    comparison = compare_runs([runs["fgvis"], runs["gradcam"]], out, progress=progress)
-    console.print(comparison_table(comparison))
-    report = write_report(runs["fgvis"], comparison=comparison)
-    control_result = None if control is None else run_control(
-        out / "control", control, device, progress, n_train=n_train, n_test=n_test, size=size, epochs=epochs,
-        width=width, max_iter=max_iter, seed=seed)
+    with locked_folder(out):
+        # The demo is the one pipeline that creates a set itself (the same as `retina-fgvis synth`) and says so.
+        _, written = create_synthetic_set(data, n_train=n_train, n_test=n_test, size=size, seed=seed,
+                                          progress=progress)
+        console.print(f"demo: {'wrote' if written else 'reusing'} the semi-synthetic set in {data}", soft_wrap=True)
+        # A rerun resumes the training run.
+        checkpoint = train(TrainConfig(
+            dataset="synthetic", data_dir=data, out=out / "model", image_size=size, epochs=epochs, width=width,
+            seed=seed, device=device, resume=(out / "model" / "last.pt").is_file(), progress=progress)).best_checkpoint
+        runs = {}
+        for method in ("fgvis", "gradcam"):
+            runs[method] = localize(LocalizeConfig(
+                data_dir=data, checkpoint=checkpoint, out=out / method, dataset="synthetic", method=method,
+                device=device, max_iter=max_iter, seed=seed, progress=progress))
+            console.print(summary_table(score_run(runs[method], progress=progress)))
+        comparison = compare_runs([runs["fgvis"], runs["gradcam"]], out, progress=progress)
+        console.print(comparison_table(comparison))
+        report = write_report(runs["fgvis"], comparison=comparison)
+        control_result = None if control is None else run_control(
+            out / "control", control, device, progress, n_train=n_train, n_test=n_test, size=size, epochs=epochs,
+            width=width, max_iter=max_iter, seed=seed)
     return DemoResult(out=out, checkpoint=checkpoint, runs=runs, comparison=comparison, report=report,
                       seconds=time.perf_counter() - started, control=control_result)
 
@@ -145,7 +153,7 @@ def demo_command(
     """Build the semi-synthetic set, train, localize with FGVis and Grad-CAM, compare, write the report."""
     try:
         result = run_demo(out, device=device, progress=progress, control=control_rule if control else None)
-    except ValueError as error:
+    except BAD_INPUT as error:
         fail(error)
     if result.control is not None:
         console.print(f"control: {result.control.out / 'control.json'}", soft_wrap=True)

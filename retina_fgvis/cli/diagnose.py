@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from retina_fgvis.cli._app import app, console, fail
+from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
 
 
 class Dataset(str, Enum):
@@ -72,7 +72,7 @@ def diagnose_command(
 ) -> None:
     """Per image: class score, reference score, margin; per step: share of units inside their bounds and
     the defended-vs-undefended gradient cosine and norm ratio."""
-    from retina_fgvis._io import atomic_write_csv
+    from retina_fgvis._io import atomic_write_csv, locked_folder
     from retina_fgvis.checks import check_int
     from retina_fgvis.datasets.diaretdb1 import open_diaretdb1
     from retina_fgvis.fgvis import ScoreBelow
@@ -95,7 +95,7 @@ def diagnose_command(
         diagnosis = diagnose_defense(
             classifier.model, classifier.prepare(pictures), int(classifier.meta["positive_class"]),
             lr=lr, lam=lam, steps=measured, stop=stop, normalization=classifier.normalization)
-    except ValueError as error:
+    except BAD_INPUT as error:
         fail(error)
     summary = diagnosis.summary(ids)
     positive = int(classifier.meta["positive_class"])
@@ -108,9 +108,9 @@ def diagnose_command(
         console.print(f"[yellow]warning:[/yellow] {note}", soft_wrap=True, highlight=False)
     if out is not None:
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_csv(out / SUMMARY_CSV, summary)
-            atomic_write_csv(out / CALLS_CSV, diagnosis.to_frame(ids))
-        except OSError as error:
-            fail(ValueError(f"--out: cannot write to {out} ({error.strerror or error})"))
+            with locked_folder(out, name="--out"):
+                atomic_write_csv(out / SUMMARY_CSV, summary)
+                atomic_write_csv(out / CALLS_CSV, diagnosis.to_frame(ids))
+        except BAD_INPUT as error:
+            fail(error)
         console.print(f"tables: {out / SUMMARY_CSV}, {out / CALLS_CSV}", soft_wrap=True)

@@ -10,7 +10,8 @@ import typer
 from retina_fgvis.evaluation.compare import compare_runs, comparison_table, interval_table, overlap_lines
 from retina_fgvis.evaluation.localization import diaretdb1_root, score_run, summary_table
 from retina_fgvis.evaluation.report import write_report
-from retina_fgvis.cli._app import app, console, fail
+from retina_fgvis._io import locked_folder
+from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
 
 evaluate_app = typer.Typer(
     help="Score localization runs against the experts' lesion markings, compare methods, write the HTML report.",
@@ -43,8 +44,9 @@ def score(
 ) -> None:
     """Score a run: RUN/per_image.csv and RUN/summary.json, and print the table."""
     try:
-        summary = score_run(run, _ground_truth(dataset, data_dir), tolerance=tolerance, seed=seed, progress=True)
-    except ValueError as error:
+        with locked_folder(run, name="run"):
+            summary = score_run(run, _ground_truth(dataset, data_dir), tolerance=tolerance, seed=seed, progress=True)
+    except BAD_INPUT as error:
         fail(error)
     console.print(summary_table(summary))
     if summary["n_unfinished"]:
@@ -66,14 +68,18 @@ def compare(
     """Compare runs side by side: own threshold, matched area, chance, FROC and ROC scores with bootstrap
     intervals; writes OUT/comparison.json, comparison.csv, froc.csv, froc_scores.csv."""
     try:
-        comparison = compare_runs(runs, out, _ground_truth(dataset, data_dir), tolerance=tolerance, seed=seed,
-                                  n_resamples=resamples, progress=True)
-    except ValueError as error:
+        with locked_folder(out):
+            comparison = compare_runs(runs, out, _ground_truth(dataset, data_dir), tolerance=tolerance, seed=seed,
+                                      n_resamples=resamples, progress=True)
+    except BAD_INPUT as error:
         fail(error)
     console.print(comparison_table(comparison))
     console.print(interval_table(comparison))
     for line in overlap_lines(comparison):
         console.print(line, highlight=False)
+    for run, image_ids in comparison.get("left_out", {}).items():
+        console.print(f"[yellow]note:[/yellow] left out {len(image_ids)} image(s) of {run} that not every run has "
+                      f"finished: {', '.join(image_ids)}", highlight=False, soft_wrap=True)
     console.print(f"wrote {out / 'comparison.json'}, comparison.csv, froc.csv and froc_scores.csv", highlight=False)
 
 
@@ -86,7 +92,11 @@ def report(
 ) -> None:
     """Write RUN/report.html: one static page for clinicians (no server needed)."""
     try:
-        path = write_report(run, comparison, embed=not link_images)
-    except ValueError as error:
+        with locked_folder(run, name="run"):
+            path = write_report(run, comparison, embed=not link_images)
+    except KeyError as error:
+        fail(ValueError(f"run: {run / 'summary.json'} lacks {error}; score the run again with "
+                        f"`retina-fgvis evaluate score {run}`"))
+    except BAD_INPUT as error:
         fail(error)
     console.print(f"wrote {path}", highlight=False)

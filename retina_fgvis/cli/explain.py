@@ -8,7 +8,7 @@ from typing import List, Optional
 import pandas as pd
 import typer
 
-from retina_fgvis.cli._app import app, console, fail
+from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
 from retina_fgvis.cli.studies import image_files, print_frame, weights_option
 
 
@@ -65,7 +65,7 @@ def explain_command(
                           targets=target or None, lam=lam_value, secondary_drop=secondary_drop, max_iter=max_iter,
                           lr=lr, defense=defense, reference=reference.value, image_size=image_size, device=device,
                           batch_size=batch_size, seed=seed, out_dir=out)
-    except ValueError as error:
+    except BAD_INPUT as error:
         fail(error)
     rows = results_table(results)
     table = pd.DataFrame({"image": rows["image"], "target": rows["target_name"],

@@ -6,24 +6,31 @@ from typing import Optional
 
 import typer
 
-from retina_fgvis.cli._app import app, console, fail
+from retina_fgvis._io import locked_folder
+from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
 from retina_fgvis.localize import LocalizeConfig, localize, run_complete
+
+_SCORE_TIMEOUT = 120.0  # seconds: scoring a finished run takes well under a minute
 
 
 def score_and_report(out: str | Path, *, progress: bool = True) -> tuple[dict, Path]:
-    """Merge step: score a finished run folder (``summary.json``), print its table, write ``report.html``."""
+    """Merge step: score a finished run folder (``summary.json``), print its table, write ``report.html``.
+
+    Holds the run folder's lock (waiting for a shard that finished at the same moment to be done with it).
+    """
     from retina_fgvis.evaluation.localization import score_run, summary_table
     from retina_fgvis.evaluation.report import write_report
 
-    summary = score_run(out, progress=progress)
-    console.print(summary_table(summary))
-    report = write_report(out)
+    with locked_folder(out, timeout=_SCORE_TIMEOUT):
+        summary = score_run(out, progress=progress)
+        console.print(summary_table(summary))
+        report = write_report(out)
     return summary, report
 
 
 @app.command("localize")
 def localize_command(
-    data_dir: Path = typer.Option(..., "--data-dir", help="DiaretDB1 folder (v1.1 or v2.1); for synthetic: where the set is (or is built)."),
+    data_dir: Path = typer.Option(..., "--data-dir", help="DiaretDB1 folder (v1.1 or v2.1); for synthetic: a set written by `retina-fgvis synth`."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Classifier checkpoint from `retina-fgvis train`."),
     out: Path = typer.Option(..., "--out", help="Run folder (resumable; shards share it)."),
     dataset: str = typer.Option("diaretdb1", "--dataset", help="diaretdb1 | synthetic"),
@@ -57,6 +64,6 @@ def localize_command(
                           soft_wrap=True)
             return
         _, report = score_and_report(run, progress=progress)
-    except ValueError as error:
+    except BAD_INPUT as error:
         fail(error)
     console.print(f"report: {report}", soft_wrap=True)

@@ -13,7 +13,8 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from retina_fgvis.cli._app import app, console, fail
+from retina_fgvis._io import locked_folder
+from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
 
 study_app = typer.Typer(help="Reproduce the paper's ImageNet studies (deletion metric, Tables A1–A3).",
                         no_args_is_help=True)
@@ -85,11 +86,12 @@ def deletion_command(
     from retina_fgvis.evaluation.deletion import deletion_study, summarize_deletion
 
     try:
-        frame = deletion_study(image_files(images), model, weights=weights_option(weights), image_size=image_size,
-                               methods=[m.strip() for m in methods.split(",") if m.strip()],
-                               substrate=substrate.value, lr=lr, max_iter=max_iter, batch_size=batch_size,
-                               device=device, seed=seed, out_dir=out)
-    except ValueError as error:
+        with locked_folder(out):
+            frame = deletion_study(image_files(images), model, weights=weights_option(weights), image_size=image_size,
+                                   methods=[m.strip() for m in methods.split(",") if m.strip()],
+                                   substrate=substrate.value, lr=lr, max_iter=max_iter, batch_size=batch_size,
+                                   device=device, seed=seed, out_dir=out)
+    except BAD_INPUT as error:
         fail(error)
     print_frame(summarize_deletion(frame), f"Deletion / insertion AUC ({model}, {substrate.value} substrate; "
                                           "deletion: lower is better)")
@@ -114,10 +116,11 @@ def adversarial_command(
     from retina_fgvis.evaluation.studies import adversarial_evidence, adversarial_table
 
     try:
-        frame = adversarial_evidence(model, classes=classes, max_iter=max_iter, lr=lr, batch_size=batch_size,
-                                     weights=weights_option(weights), image_size=image_size, device=device,
-                                     seed=seed, out_dir=out)
-    except ValueError as error:
+        with locked_folder(out):
+            frame = adversarial_evidence(model, classes=classes, max_iter=max_iter, lr=lr, batch_size=batch_size,
+                                         weights=weights_option(weights), image_size=image_size, device=device,
+                                         seed=seed, out_dir=out)
+    except BAD_INPUT as error:
         fail(error)
     table = adversarial_table(frame).map(lambda share: f"{share:.1f} %")
     print_frame(table.rename_axis("Model"), f"Adversarial class generated from a black image "
@@ -141,10 +144,11 @@ def entropy_command(
     from retina_fgvis.evaluation.studies import entropy_table, reference_entropy
 
     try:
-        frame = reference_entropy(image_files(images), model, n_instances=instances, batch_size=batch_size,
-                                  weights=weights_option(weights), image_size=image_size, device=device,
-                                  seed=seed, out_dir=out)
-    except ValueError as error:
+        with locked_folder(out):
+            frame = reference_entropy(image_files(images), model, n_instances=instances, batch_size=batch_size,
+                                      weights=weights_option(weights), image_size=image_size, device=device,
+                                      seed=seed, out_dir=out)
+    except BAD_INPUT as error:
         fail(error)
     print_frame(entropy_table(frame), "Entropy of reference images (nats)")
     console.print(f"table: {out / 'reference_entropy.csv'}")
@@ -167,9 +171,10 @@ def colour_swap_command(
     from retina_fgvis.evaluation.studies import colour_swap, colour_swap_table
 
     try:
-        frame = colour_swap(data, model, synsets=synsets, batch_size=batch_size, weights=weights_option(weights),
-                            image_size=image_size, device=device, out_dir=out)
-    except ValueError as error:
+        with locked_folder(out):
+            frame = colour_swap(data, model, synsets=synsets, batch_size=batch_size, weights=weights_option(weights),
+                                image_size=image_size, device=device, out_dir=out)
+    except BAD_INPUT as error:
         fail(error)
     print_frame(colour_swap_table(frame, rows), "Maintained true classifications after swapping colour channels")
     console.print(f"all classes: {out / 'colour_swap.csv'}")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from retina_fgvis.cli._app import app, fail
+from retina_fgvis.cli._app import BAD_INPUT, app, fail
 
 
 class DatasetChoice(str, Enum):
@@ -28,8 +28,8 @@ def train_command(
     out: Path = typer.Option(..., "--out", help="Run folder (checkpoints, metrics.csv, split.csv, run.json)."),
     dataset: DatasetChoice = typer.Option(DatasetChoice.synthetic, "--dataset",
                                           help="eyepacs: a Kaggle EyePACS folder; synthetic: the built-in set."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (synthetic: where the set is "
-                                            "generated or reused; default OUT/synthetic)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Dataset folder (synthetic: a set written by "
+                                            "`retina-fgvis synth`); required unless --resume."),
     epochs: Optional[int] = typer.Option(None, help="Epochs (default: eyepacs 60, synthetic 24)."),
     image_size: Optional[int] = typer.Option(None, help="Input size in px (default: eyepacs 512, synthetic 256)."),
     batch_size: Optional[int] = typer.Option(None, help="Images per batch and process (default: eyepacs 32, "
@@ -48,25 +48,19 @@ def train_command(
     workers: int = typer.Option(0, help="Data-loader worker processes."),
     tensorboard: bool = typer.Option(False, "--tensorboard", help="Also log to OUT/tensorboard."),
     graham: bool = typer.Option(False, "--graham", help="Graham-normalise the images."),
-    n_train: Optional[int] = typer.Option(None, help="Synthetic only: images generated for training + validation "
-                                          "(default 800)."),
-    label_rule: Optional[str] = typer.Option(None, "--label-rule", help="Synthetic only: the known-evidence control, "
-                                             "TYPE:k (RDR iff at least k lesions of TYPE; see `synth --label-rule`)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show the progress bar."),
 ) -> None:
     """Train the fundus CNN (RDR vs non-RDR) with MONAI; works under torchrun for several GPUs."""
     from retina_fgvis.training import TrainConfig, train
 
     console = Console()
-    synthetic = {"n_train": n_train} if n_train is not None else {}
     config = TrainConfig(dataset=dataset.value, data_dir=data_dir, out=out, epochs=epochs, image_size=image_size,
                          batch_size=batch_size, lr=lr, width=width, layout=layout.value,
                          label_smoothing=label_smoothing, device=device, resume=resume, seed=seed,
-                         workers=workers, tensorboard=tensorboard, graham=graham, label_rule=label_rule,
-                         progress=progress, **synthetic)
+                         workers=workers, tensorboard=tensorboard, graham=graham, progress=progress)
     try:
         result = train(config)
-    except ValueError as error:
+    except BAD_INPUT as error:
         fail(error)
     if not result.is_main:
         return

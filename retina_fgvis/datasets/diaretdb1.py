@@ -33,6 +33,7 @@ Every image id is ``imageNNN`` in both releases.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
@@ -50,14 +51,16 @@ from retina_fgvis.datasets.errors import DatasetError
 from retina_fgvis.datasets.fundus import CropGeometry, crop_to_fov, fov_mask, graham_normalize, read_rgb
 
 LESION_TYPES = ("hard_exudates", "soft_exudates", "hemorrhages", "red_small_dots")
-#: XML ``markingtype`` -> lesion type. Other marking types (Disc, Fundus_area, IRMA,
-#: Neovascularisation) are not lesions of the four classes and are skipped.
+#: XML ``markingtype`` -> lesion type.
 MARKING_TYPES = {
     "Hard_exudates": "hard_exudates",
     "Soft_exudates": "soft_exudates",
     "Haemorrhages": "hemorrhages",
     "Red_small_dots": "red_small_dots",
 }
+#: DiaretDB1's other marking types: not lesions of the four classes, skipped. Any type in neither
+#: table is an error naming the file and the marking (a misspelt lesion type must not vanish).
+OTHER_MARKING_TYPES = ("Disc", "Fundus_area", "IRMA", "Neovascularisation")
 #: v1.1 ground-truth folder per lesion type.
 V1_FOLDERS = {
     "hard_exudates": "hardexudates",
@@ -115,9 +118,11 @@ class Marking:
 
 
 def parse_expert_xml(path: str | os.PathLike) -> list[Marking]:
-    """The lesion markings of one expert's v2.1 XML file (other marking types are skipped).
+    """The lesion markings of one expert's v2.1 XML file (:data:`OTHER_MARKING_TYPES` are skipped).
 
-    Raises :class:`DatasetError` naming ``path`` when the file is missing or malformed.
+    Raises :class:`DatasetError` naming ``path`` (and the marking's number) when the file is missing or
+    malformed: an unknown marking type, a region with a radius that is not a finite number > 0, or
+    coordinates that are not finite.
     """
     path = Path(path)
     try:
@@ -134,8 +139,11 @@ def parse_expert_xml(path: str | os.PathLike) -> list[Marking]:
         kind = (node.findtext("markingtype") or "").strip()
         if not kind:
             raise DatasetError(path, f"marking {number} has no <markingtype>")
-        if kind not in MARKING_TYPES:
+        if kind in OTHER_MARKING_TYPES:
             continue
+        if kind not in MARKING_TYPES:
+            raise DatasetError(path, f"marking {number}: unknown markingtype {kind!r} (expected one of "
+                                     f"{', '.join([*MARKING_TYPES, *OTHER_MARKING_TYPES])})")
         confidence = (node.findtext("confidencelevel") or "").strip().capitalize()
         if confidence not in CONFIDENCE_LEVELS:
             raise DatasetError(path, f"marking {number}: unknown confidencelevel {confidence!r} (expected Low/Medium/High)")
@@ -147,8 +155,17 @@ def parse_expert_xml(path: str | os.PathLike) -> list[Marking]:
 
 
 def _point(node: ET.Element | None) -> tuple[float, float]:
-    x, y = node.text.split(",")
-    return float(x), float(y)
+    x, y = (float(value) for value in node.text.split(","))
+    if not (math.isfinite(x) and math.isfinite(y)):
+        raise ValueError(f"coordinates {node.text.strip()!r} are not finite")
+    return x, y
+
+
+def _radius(text: str | None) -> float:
+    radius = float(text)
+    if not (math.isfinite(radius) and radius > 0):
+        raise ValueError(f"radius {text.strip()!r} is not a finite number > 0")
+    return radius
 
 
 def _parse_region(node: ET.Element, lesion: str, confidence: str) -> Marking:
@@ -156,11 +173,11 @@ def _parse_region(node: ET.Element, lesion: str, confidence: str) -> Marking:
     representative = _point(representative) if representative is not None else None
     circle = node.find("circleregion")
     if circle is not None:
-        radius = float(circle.findtext("radius"))
+        radius = _radius(circle.findtext("radius"))
         return Marking(lesion, confidence, "circle", _point(circle.find("centroid/coords2d")), (radius, radius), representative=representative)
     ellipse = node.find("ellipseregion")
     if ellipse is not None:
-        radii = {r.get("direction"): float(r.text) for r in ellipse.findall("radius")}
+        radii = {r.get("direction"): _radius(r.text) for r in ellipse.findall("radius")}
         return Marking(
             lesion, confidence, "ellipse", _point(ellipse.find("centroid/coords2d")), (radii["x"], radii["y"]),
             angle=float(ellipse.findtext("angle") or 0.0), representative=representative,

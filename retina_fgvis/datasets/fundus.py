@@ -258,7 +258,11 @@ def load_fundus(path: str | os.PathLike, size: int | None = 512, graham: bool = 
     image = read_rgb(path)
     fov = fov_mask(image)
     if not fov.any():
-        raise DatasetError(path, "no field of view found (the image is black)")
+        height, width = image.shape[:2]
+        # A bright but tiny image has no disc either: the 5×5 noise filter leaves nothing of a few pixels.
+        reason = ("the image is black" if int(image.max()) <= 10
+                  else f"no bright disc in the {height}×{width} px image; is it a fundus photograph?")
+        raise DatasetError(path, f"no field of view found ({reason})")
     cropped = crop_to_fov(image, fov, size=size)
     out = graham_normalize(cropped.image, cropped.fov) if graham else cropped.image
     return out, cropped.fov

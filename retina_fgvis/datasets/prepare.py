@@ -26,10 +26,10 @@ from typing import Iterator
 import cv2
 import pandas as pd
 
-from retina_fgvis._io import atomic_write_csv, atomic_write_png, remove_temporaries, write_run_info
+from retina_fgvis._io import atomic_write_csv, atomic_write_png, locked_folder, remove_temporaries, write_run_info
 from retina_fgvis.checks import check_int
 from retina_fgvis.datasets.errors import DatasetError
-from retina_fgvis.datasets.eyepacs import LABELS_CSV, SOLUTION_CSV, find_images
+from retina_fgvis.datasets.eyepacs import LABELS_CSV, SOLUTION_CSV, _read_levels, find_images
 from retina_fgvis.datasets.fundus import load_fundus
 
 SETTINGS_FILE = "prepare.json"
@@ -79,9 +79,19 @@ def prepare_eyepacs(
     images = find_images([src, src / "train", src / "test"])
     if not images:
         raise DatasetError(src, "no images (*.jpeg, *.jpg, *.png) here or in train/, test/")
+    # Label files are copied: a bad one is refused before any image is written.
+    for name in (LABELS_CSV, SOLUTION_CSV):
+        if (src / name).is_file():
+            _read_levels(src / name)
     settings = {"source": str(src.resolve()), "size": size, "graham": bool(graham), "format": "png"}
-    _check_settings(dst, settings)
-    write_run_info(dst, settings, name=SETTINGS_FILE)
+    with locked_folder(dst, name="dst") as lock:
+        _check_settings(dst, settings)
+        write_run_info(dst, settings, name=SETTINGS_FILE)
+        return _prepare(src, dst, images, graham, size, workers, progress, lock, started)
+
+
+def _prepare(src: Path, dst: Path, images: dict[str, Path], graham: bool, size: int, workers: int | None,
+             progress: bool, lock, started: float) -> PrepareSummary:
 
     tasks = []
     skipped = 0
@@ -92,7 +102,7 @@ def prepare_eyepacs(
         else:
             tasks.append((image_id, str(path), str(out), size, bool(graham)))
     for folder in {Path(task[2]).parent for task in tasks}:
-        remove_temporaries(folder)
+        remove_temporaries(folder, lock)
 
     from retina_fgvis.runtime import progress_bar  # imported here: it pulls in torch, which workers do not need
 

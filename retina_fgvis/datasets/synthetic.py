@@ -42,7 +42,8 @@ import pandas as pd
 from skimage import data as skdata
 from skimage import draw
 
-from retina_fgvis._io import atomic_write_bytes, atomic_write_csv, atomic_write_png, atomic_write_text, write_run_info
+from retina_fgvis._io import (atomic_write_bytes, atomic_write_csv, atomic_write_png, atomic_write_text, is_housekeeping,
+                              locked_folder, write_run_info)
 from retina_fgvis.checks import check_int
 from retina_fgvis.datasets.diaretdb1 import (
     LESION_TYPES,
@@ -89,6 +90,12 @@ class SyntheticPaths:
     diaretdb1: Path
     diaretdb1_v1: Path
     images_csv: Path
+
+    @classmethod
+    def of(cls, root: str | os.PathLike) -> "SyntheticPaths":
+        """The layout of a set in ``root``."""
+        root = Path(root)
+        return cls(root, root / "eyepacs", root / "diaretdb1", root / "diaretdb1_v1", root / "images.csv")
 
 
 @dataclass(frozen=True)
@@ -186,14 +193,14 @@ def generate_synthetic(
     recorded in ``synthetic.json`` (:func:`read_label_rule`).
     """
     rule = LabelRule.parse(label_rule)
-    for name, value, low in (("n_train", n_train, 0), ("n_test", n_test, 0), ("size", size, 32)):
+    for name, value, low in (("n_train", n_train, 0), ("n_test", n_test, 0), ("size", size, 32), ("seed", seed, 0)):
         check_int(name, value, minimum=low)
     if n_test > 999:
         raise ValueError(f"n_test: DiaretDB1 ids have three digits, at most 999 images, got {n_test}")
     if n_train + n_test == 0:
         raise ValueError("n_train, n_test: nothing to generate (both are 0)")
     root = Path(out)
-    paths = SyntheticPaths(root, root / "eyepacs", root / "diaretdb1", root / "diaretdb1_v1", root / "images.csv")
+    paths = SyntheticPaths.of(root)
     from retina_fgvis.runtime import progress_bar  # imported here: it pulls in torch, which painting does not need
 
     painter = _Painter(int(size))
@@ -594,3 +601,39 @@ def _write_split_files(paths: SyntheticPaths, test_ids: list[str]) -> None:
 def _write_fmask_tif(path: Path, disc: np.ndarray) -> None:
     _, tif = cv2.imencode(".tif", disc.astype(np.uint8) * 255)
     atomic_write_bytes(path, tif.tobytes())
+
+
+def create_synthetic_set(out: str | os.PathLike, *, n_train: int, n_test: int, size: int, seed: int,
+                         label_rule: str | LabelRule | None = None, progress: bool = True):
+    """Write the semi-synthetic set into ``out``, or reuse the same set already there.
+
+    ``out`` must be new, empty, or hold a finished set (``synthetic.json``) of the same settings (label rule
+    included), which is reused as it is (nothing rewritten). Anything else is refused before a byte is
+    written. The one way the commands (``synth``, the demo) create a set; readers never do.
+
+    Returns:
+        (:class:`~retina_fgvis.datasets.synthetic.SyntheticPaths`, whether the set was written now).
+    """
+    out = Path(out)
+    rule = LabelRule.parse(label_rule)
+    wanted = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed}
+    with locked_folder(out):
+        marker = out / "synthetic.json"
+        if marker.is_file():
+            try:
+                stored = json.loads(marker.read_text(encoding="utf-8"))["config"]
+                differing = [f"{key} {stored.get(key)!r} vs {value!r}" for key, value in wanted.items()
+                             if stored.get(key) != value]
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                raise ValueError(f"out: {marker} is not a synthetic set record; choose another folder") from None
+            if str(read_label_rule(out)) != str(rule):
+                differing.append(f"label_rule {str(read_label_rule(out))!r} vs {str(rule)!r}")
+            if differing:
+                raise ValueError(f"out: {out} holds another synthetic set ({', '.join(differing)}); "
+                                 f"choose another folder or delete it")
+            return SyntheticPaths.of(out), False
+        if any(not is_housekeeping(entry) for entry in out.iterdir()):
+            raise ValueError(f"out: {out} is not empty and holds no finished synthetic set (no synthetic.json); "
+                             f"choose an empty or new folder (an interrupted synth: delete the folder and rerun)")
+        return (generate_synthetic(out, n_train=n_train, n_test=n_test, size=size, seed=seed, progress=progress,
+                                   label_rule=rule), True)

@@ -12,7 +12,8 @@ other input::
                 positive_class, graham, rdr_threshold, operating_point (+ arch, arch_kwargs)
     epoch, config, metrics, optimizer (state dict or None), extra (trainer state or None)
 
-Files are written atomically, so a run killed while saving keeps the previous checkpoint.
+Files are written atomically, so a run killed while saving keeps the previous checkpoint. Weights
+holding NaN or ±inf are neither saved nor loaded (a diverged training run is no classifier).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ from retina_fgvis._io import atomic_path
 from retina_fgvis.models.fundus_cnn import FundusCNN
 
 __all__ = ["ARCHITECTURES", "CHECKPOINT_FORMAT", "CheckpointError", "LoadedClassifier", "build_model",
-           "load_classifier", "model_from_checkpoint", "read_checkpoint", "save_checkpoint", "unwrap_model"]
+           "load_classifier", "model_from_checkpoint", "non_finite_weight", "read_checkpoint", "save_checkpoint",
+           "unwrap_model"]
 
 CHECKPOINT_FORMAT = "retina-fgvis-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -58,6 +60,13 @@ def build_model(arch: str, arch_kwargs: dict[str, Any]) -> nn.Module:
     return ARCHITECTURES[arch](**arch_kwargs)
 
 
+def non_finite_weight(state_dict: dict[str, Any]) -> str | None:
+    """Name of the first floating-point tensor of ``state_dict`` holding NaN or ±inf (``None``: all finite)."""
+    return next((name for name, value in state_dict.items()
+                 if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()),
+                None)
+
+
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any], *,
                     optimizer: torch.optim.Optimizer | None = None, epoch: int | None = None,
                     config: dict[str, Any] | None = None, metrics: dict[str, float] | None = None,
@@ -75,11 +84,14 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     missing = [key for key in _REQUIRED_META if key not in meta]
     if missing:
         raise ValueError(f"meta: missing {missing}")
+    state = network.state_dict()
+    if (bad := non_finite_weight(state)) is not None:
+        raise ValueError(f"model: weight {bad} holds NaN or inf; not saved over {path}")
     full_meta = {**_META_DEFAULTS, **meta, "arch": arch, "arch_kwargs": dict(network.arch_kwargs)}
     payload = {
         "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
         "arch": arch, "arch_kwargs": dict(network.arch_kwargs),
-        "model": {key: value.detach().cpu() for key, value in network.state_dict().items()},
+        "model": {key: value.detach().cpu() for key, value in state.items()},
         "meta": full_meta, "epoch": epoch, "config": config, "metrics": metrics,
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "extra": extra,
@@ -98,13 +110,18 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise CheckpointError(f"checkpoint {path}: not a readable checkpoint file ({error})") from None
+        # The first line only: PyTorch appends paragraphs of weights_only advice that do not apply here.
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"checkpoint {path}: not a readable checkpoint file ({first})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint {path}: not a retina-fgvis checkpoint (no format marker)")
     missing = [key for key in _REQUIRED_KEYS if key not in payload]
     missing += [f"meta.{key}" for key in _REQUIRED_META if key not in payload.get("meta", {})]
     if missing:
         raise CheckpointError(f"checkpoint {path}: missing {missing}")
+    if isinstance(payload["model"], dict) and (bad := non_finite_weight(payload["model"])) is not None:
+        raise CheckpointError(f"checkpoint {path}: weight {bad} holds NaN or inf (saved from a diverged training "
+                              f"run?); not a usable classifier")
     if payload["arch"] not in ARCHITECTURES:
         raise CheckpointError(f"checkpoint {path}: architecture {payload['arch']!r} is not one of "
                               f"{sorted(ARCHITECTURES)}")

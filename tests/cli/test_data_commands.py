@@ -58,3 +58,7 @@ def test_synth_label_rule_is_recorded_and_checked(tmp_path):
     bad = runner.invoke(app, ["synth", str(tmp_path / "bad"), "--label-rule", "drusen:2"])
     assert bad.exit_code == 2 and "label_rule: unknown lesion type 'drusen'" in bad.output
     assert not (tmp_path / "bad").exists()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = runner.invoke(app, ["synth", str(out), "--n-train", "2", "--n-test", "1", "--size", "64"])
+    assert other.exit_code == 2 and "label_rule 'red_small_dots:2' vs 'None'" in other.output.replace("\n", "")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -70,3 +70,18 @@ def test_study_commands_print_tables_and_write_csvs(photos, tmp_path):
 
     missing = runner.invoke(app, ["study", "colour-swap", str(tmp_path / "nothing"), *LITE])
     assert missing.exit_code == 2 and "neither a folder" in missing.output
+
+
+def test_explain_refuses_another_runs_folder(photos, tmp_path, snapshot):
+    args = ["explain", str(photos / "chelsea.png"), *LITE, "--max-iter", "2", "--out", str(tmp_path)]
+    assert runner.invoke(app, [*args, "--lam", "1e-8"]).exit_code == 0
+    before = snapshot(tmp_path)
+    result = runner.invoke(app, [*args, "--lam", "1e-6"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "holds another run's results (lam 1e-08 vs 1e-06)" in result.output
+    other = runner.invoke(app, ["explain", str(photos / "coffee.png"), *LITE, "--max-iter", "2", "--lam", "1e-8",
+                                "--out", str(tmp_path)])
+    assert other.exit_code == 2 and "another run's results" in other.output
+    assert snapshot(tmp_path) == before
+    # The same run again rewrites the same files.
+    assert runner.invoke(app, [*args, "--lam", "1e-8"]).exit_code == 0

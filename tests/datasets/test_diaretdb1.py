@@ -188,7 +188,13 @@ def test_coloured_or_missing_v11_ground_truth(v11):
      ("<imgannotooldata></imgannotooldata>", "no <markinglist>"),
      (xml_file([("Haemorrhages", "Sure", "<circleregion><centroid><coords2d>20,18</coords2d></centroid><radius>6</radius></circleregion>", None)]), "unknown confidencelevel"),
      (xml_file([("Haemorrhages", "High", "<pointregion/>", None)]), "malformed region"),
-     (xml_file([("Haemorrhages", "High", "<circleregion><centroid><coords2d>20;18</coords2d></centroid><radius>6</radius></circleregion>", None)]), "malformed region")],
+     (xml_file([("Haemorrhages", "High", "<circleregion><centroid><coords2d>20;18</coords2d></centroid><radius>6</radius></circleregion>", None)]), "malformed region"),
+     (xml_file([("Haemorrhages", "High", "<circleregion><centroid><coords2d>20,18</coords2d></centroid><radius>-4</radius></circleregion>", None)]), "marking 1: malformed region (radius '-4' is not a finite number > 0)"),
+     (xml_file([("Haemorrhages", "High", "<ellipseregion><centroid><coords2d>20,18</coords2d></centroid><radius direction='x'>nan</radius><radius direction='y'>3</radius><angle>0</angle></ellipseregion>", None)]), "radius 'nan' is not a finite number > 0"),
+     (xml_file([("Haemorrhages", "High", "<circleregion><centroid><coords2d>inf,18</coords2d></centroid><radius>6</radius></circleregion>", None)]), "coordinates 'inf,18' are not finite"),
+     (xml_file([("Disc", "High", "<circleregion><centroid><coords2d>20,18</coords2d></centroid><radius>6</radius></circleregion>", None),
+                ("Haemorhages", "High", "<circleregion><centroid><coords2d>20,18</coords2d></centroid><radius>6</radius></circleregion>", None)]),
+      "marking 2: unknown markingtype 'Haemorhages'")],
 )
 def test_missing_or_malformed_expert_xml(v21, content, words):
     xml = v21 / "groundtruth/diaretdb1_image001_03.xml"

@@ -122,8 +122,12 @@ def test_load_fundus_crops_resizes_and_names_black_images(tmp_path):
     graham, _ = load_fundus(path, size=32, graham=True)
     assert abs(float(graham[fov].mean()) - 128) < 20
     black = write_image(tmp_path / "black.png", np.zeros((20, 20, 3), np.uint8))
-    with pytest.raises(DatasetError, match="black.png"):
+    with pytest.raises(DatasetError, match=r"black.png: no field of view found \(the image is black\)"):
         load_fundus(black)
+    tiny = write_image(tmp_path / "tiny.png", np.full((3, 3, 3), (200, 90, 40), np.uint8))
+    with pytest.raises(DatasetError, match=r"tiny.png: no field of view found \(no bright disc in the 3×3 px "
+                                           r"image; is it a fundus photograph\?\)"):
+        load_fundus(tiny)
 
 
 def test_crop_geometry_maps_masks_back_onto_the_photograph():

@@ -82,3 +82,11 @@ def test_prepare_refuses_mixed_settings_and_empty_sources(eyepacs_root, tmp_path
         prepare_eyepacs(empty, tmp_path / "out2", workers=1, progress=False)
     with pytest.raises(ValueError, match="workers"):
         prepare_eyepacs(eyepacs_root, tmp_path / "out3", workers=-1)
+
+
+@pytest.mark.parametrize("labels, message", [("", "not a readable CSV"), ("image,level\n1_left,7\n", "unknown level")])
+def test_a_bad_label_file_is_refused_before_any_image_is_written(eyepacs_root, tmp_path, labels, message):
+    (eyepacs_root / "trainLabels.csv").write_text(labels)
+    with pytest.raises(DatasetError, match=f"trainLabels.csv: .*{message}"):
+        prepare_eyepacs(eyepacs_root, tmp_path / "dst", size=32, workers=1, progress=False)
+    assert not (tmp_path / "dst").exists()

@@ -93,3 +93,36 @@ def test_errors_are_one_red_line_and_exit_2(tiny_set, tmp_path):
     assert _invoke("score", runs["fgvis"], "--dataset", "eyepacs").exit_code == 2
     result = _invoke("compare", runs["fgvis"], "--out", tmp_path / "cmp", "--resamples", "0")
     assert result.exit_code == 2 and "n_resamples" in result.output and not (tmp_path / "cmp").exists()
+
+
+def _copy_run(source, folder, **config):
+    """A copy of run folder ``source`` with ``config`` entries added to its run.json."""
+    import shutil
+
+    shutil.copytree(source, folder)
+    info = json.loads((folder / "run.json").read_text())
+    write_run_info(folder, {**info["config"], **config})
+    return folder
+
+
+def test_score_refuses_maps_of_another_size(tiny_set, tmp_path):
+    _, runs = tiny_set
+    run = _copy_run(runs["fgvis"], tmp_path / "run", image_size=SIZE)
+    maps = sorted((run / "images").glob("*/maps.npz"))[0]
+    atomic_save_npz(maps, importance=np.ones((10, 10), np.float32))
+    (run / "summary.json").unlink(missing_ok=True)
+    result = _invoke("score", run)
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "the importance map is 10×10, the run's images are 64×64" in result.output.replace("\n", "")
+    assert not (run / "summary.json").exists()
+
+
+def test_compare_names_the_images_it_left_out(tiny_set, tmp_path):
+    _, runs = tiny_set
+    partial = _copy_run(runs["gradcam"], tmp_path / "partial")
+    (sorted((partial / "images").glob("*/record.json"))[-1]).unlink()  # an unfinished image
+    result = _invoke("compare", runs["fgvis"], partial, "--out", tmp_path / "cmp")
+    assert result.exit_code == 0, result.output
+    comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert comparison["left_out"] == {str(runs["fgvis"]): ["image002"]} and comparison["n_images"] == 1
+    assert "left out 1 image(s)" in result.output and "image002" in result.output

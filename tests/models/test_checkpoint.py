@@ -129,3 +129,25 @@ def test_plain_state_dict_is_not_a_checkpoint(tmp_path):
 
 def test_checkpoint_error_is_a_value_error():
     assert issubclass(CheckpointError, ValueError)
+
+
+def test_non_finite_weights_are_refused_at_load_and_never_saved(saved, tmp_path):
+    path, model = saved
+    payload = torch.load(path, weights_only=True)
+    payload["model"]["head.2.weight"] = torch.full_like(payload["model"]["head.2.weight"], float("nan"))
+    torch.save(payload, tmp_path / "nan.pt")
+    with pytest.raises(CheckpointError, match=r"nan.pt: weight head.2.weight holds NaN or inf"):
+        load_classifier(tmp_path / "nan.pt")
+    before = path.read_bytes()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("inf"))
+    with pytest.raises(ValueError, match="holds NaN or inf; not saved"):
+        save_checkpoint(path, model, META)
+    assert path.read_bytes() == before
+
+
+def test_garbage_file_error_is_one_line(tmp_path):
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x04not a pickle at all" * 10)
+    with pytest.raises(CheckpointError) as error:
+        load_classifier(tmp_path / "garbage.pt")
+    assert "garbage.pt" in str(error.value) and "\n" not in str(error.value)

@@ -55,13 +55,3 @@ def make_tiny_config(data_dir: Path, out: Path, **overrides):
     settings.update(overrides)
     return TrainConfig(**settings)
 
-
-@pytest.fixture(scope="session")
-def snapshot():
-    """Function ``snapshot(folder)``: every file under ``folder`` with its bytes (to show nothing was overwritten)."""
-    return _snapshot
-
-
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-

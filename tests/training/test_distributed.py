@@ -5,10 +5,19 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
+from monai.metrics import compute_roc_auc
 
 from retina_fgvis.datasets.fundus import load_fundus
 from retina_fgvis.models.checkpoint import load_classifier, read_checkpoint
 from retina_fgvis.training import train
+from retina_fgvis.training.data import make_transforms
+from retina_fgvis.training.handlers import youden_operating_point
+
+#: Recorded vs recomputed validation metrics: the same model on the same images, only the batching
+#: differs (float32 sums in another order), so they agree to float32 rounding.
+METRIC_TOLERANCE = 1e-6
 
 SCRIPT = """
 import sys
@@ -48,3 +57,24 @@ def test_two_gloo_processes_write_one_checkpoint_that_predicts_like_a_single_pro
     assert p_ddp.shape == p_one.shape == (6,)
     assert np.isfinite(p_ddp).all() and ((p_ddp >= 0) & (p_ddp <= 1)).all()
     assert ddp.normalization == one.normalization
+    _assert_metrics_are_the_checkpoints(out)
+
+
+def _assert_metrics_are_the_checkpoints(out):
+    """The run's recorded validation AUC, sensitivity/specificity and operating point, recomputed in one process
+    from its saved ``last.pt`` over the whole validation split."""
+    classifier = load_classifier(out / "last.pt")
+    split = pd.read_csv(out / "split.csv")
+    val = split[split["split"] == "val"]
+    mean, std = classifier.normalization
+    transform = make_transforms(classifier.image_size, mean, std, train=False)
+    inputs = torch.stack([transform({"image": path, "label": 0})["image"] for path in val["path"]])
+    with torch.no_grad():
+        probs = classifier.model(inputs).softmax(dim=1)[:, 1]
+    labels = val["label"].to_numpy()
+    row = pd.read_csv(out / "metrics.csv").iloc[-1]
+    threshold, sensitivity, specificity = youden_operating_point(probs.numpy(), labels)
+    assert row["val_auc"] == pytest.approx(compute_roc_auc(probs, torch.tensor(labels)), abs=METRIC_TOLERANCE)
+    assert row["operating_point"] == pytest.approx(threshold, abs=METRIC_TOLERANCE)
+    assert (row["val_sensitivity"], row["val_specificity"]) == (sensitivity, specificity)
+    assert classifier.meta["operating_point"] == pytest.approx(threshold, abs=METRIC_TOLERANCE)

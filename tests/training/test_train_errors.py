@@ -98,11 +98,20 @@ def test_eyepacs_needs_a_data_dir(tmp_path):
         train(TrainConfig(dataset="eyepacs", out=tmp_path / "out"))
 
 
-def test_synthetic_never_generates_into_a_foreign_folder(tmp_path, tiny_eyepacs, snapshot):
-    before = snapshot(tiny_eyepacs)
-    with pytest.raises(ValueError, match=r"data_dir: .* is neither a synthetic set \(no synthetic.json\) nor empty"):
-        train(TrainConfig(dataset="synthetic", data_dir=tiny_eyepacs, out=tmp_path / "out", device="cpu"))
-    assert snapshot(tiny_eyepacs) == before and not (tmp_path / "out").exists()
+@pytest.mark.parametrize("folder", ["eyepacs", "empty"])
+def test_synthetic_training_only_reads_a_set_from_synth(tmp_path, tiny_eyepacs, snapshot, folder):
+    data = tiny_eyepacs if folder == "eyepacs" else tmp_path / "empty"
+    data.mkdir(exist_ok=True)
+    before = snapshot(data)
+    with pytest.raises(ValueError, match=r"no semi-synthetic set here \(no synthetic.json\); create one with "
+                                         r"`retina-fgvis synth"):
+        train(TrainConfig(dataset="synthetic", data_dir=data, out=tmp_path / "out", device="cpu"))
+    assert snapshot(data) == before and not (tmp_path / "out").exists()
+
+
+def test_synthetic_needs_a_data_dir(tmp_path):
+    with pytest.raises(ValueError, match="data_dir: --dataset synthetic needs --data-dir"):
+        train(TrainConfig(dataset="synthetic", out=tmp_path / "out"))
 
 
 @pytest.mark.parametrize("settings, message", [({"layout": "deep"}, "layout"),
@@ -110,19 +119,37 @@ def test_synthetic_never_generates_into_a_foreign_folder(tmp_path, tiny_eyepacs,
                                                ({"network_options": {"depth": 3}}, "network_options")])
 def test_bad_network_settings_are_refused_before_anything_is_written(tmp_path, settings, message):
     with pytest.raises(ValueError, match=message):
-        train(TrainConfig(dataset="synthetic", out=tmp_path / "run", device="cpu", progress=False, **settings))
+        train(TrainConfig(dataset="synthetic", data_dir=tmp_path / "data", out=tmp_path / "run", device="cpu",
+                          progress=False, **settings))
     assert not (tmp_path / "run").exists()
 
 
-def test_label_rule_of_another_set_or_dataset(tmp_path, tiny_eyepacs, tiny_config, snapshot):
-    from retina_fgvis.datasets.synthetic import generate_synthetic
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_eyepacs, tiny_config):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_eyepacs, out, epochs=1))
+    kept = {name: (out / name).read_bytes() for name in ("last.pt", "best.pt", "metrics.csv")}
+    # Resumed with a learning rate no AdamW step survives: the weights overflow within the epoch.
+    config = tiny_config(tiny_eyepacs, out, epochs=2, resume=True)
+    payload = torch.load(out / "last.pt", weights_only=False)
+    payload["optimizer"]["param_groups"][0]["lr"] = 1e30
+    payload["extra"]["scheduler"]["base_lrs"] = [1e30]
+    torch.save(payload, out / "last.pt")
+    kept["last.pt"] = (out / "last.pt").read_bytes()
+    with pytest.raises(ValueError, match=r"train: the run diverged in epoch 2: .* became NaN or inf .*"
+                                         r"last.pt keeps epoch 1; train again with a lower --lr"):
+        train(config)
+    assert {name: (out / name).read_bytes() for name in kept} == kept
 
-    _fails_without_writing(tiny_config(tiny_eyepacs, tmp_path / "out", label_rule="hemorrhages:1"),
-                           "label_rule: only the synthetic set", snapshot)
-    _fails_without_writing(tiny_config(None, tmp_path / "out", dataset="synthetic", label_rule="hemorrhages:one"),
-                           r"label_rule: expected TYPE:k", snapshot)
-    data = generate_synthetic(tmp_path / "set", n_train=4, n_test=0, size=48).root  # made without a rule
-    before = snapshot(data)
-    _fails_without_writing(tiny_config(data, tmp_path / "out", dataset="synthetic", label_rule="hemorrhages:1"),
-                           "label_rule: .* was generated with label rule None, not hemorrhages:1", snapshot)
-    assert snapshot(data) == before
+
+def test_a_diverging_learning_rate_from_the_start_saves_nothing(tmp_path, tiny_eyepacs, tiny_config):
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"diverged in epoch 1: .*no checkpoint was written"):
+        train(tiny_config(tiny_eyepacs, out, epochs=1, lr=1e30))
+    assert not (out / "last.pt").exists() and not (out / "best.pt").exists()
+
+
+@pytest.mark.parametrize("lr", [float("inf"), float("nan")])
+def test_a_non_finite_learning_rate_is_refused(tmp_path, tiny_eyepacs, tiny_config, lr):
+    with pytest.raises(ValueError, match="lr: expected a finite number > 0"):
+        train(tiny_config(tiny_eyepacs, tmp_path / "run", lr=lr))
+    assert not (tmp_path / "run").exists()

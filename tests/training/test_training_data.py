@@ -54,7 +54,7 @@ def test_transforms_standardise_and_augment(tiny_eyepacs):
 
 
 def test_config_defaults_per_dataset():
-    config = TrainConfig(dataset="synthetic", out="x").resolved()
+    config = TrainConfig(dataset="synthetic", data_dir="d", out="x").resolved()
     assert {key: getattr(config, key) for key in DATASET_DEFAULTS["synthetic"]} == DATASET_DEFAULTS["synthetic"]
     eyepacs = TrainConfig(dataset="eyepacs", data_dir="d", out="x", width=16).resolved()
     assert eyepacs.image_size == 512 and eyepacs.width == 16
