@@ -127,3 +127,20 @@ def test_compiled_engine_equals_eager_engine(defense, dtype):
         assert (compiled.mask - eager.mask).abs().max() <= tolerance
         assert (compiled.score - eager.score).abs().max() <= tolerance
         assert torch.equal(compiled.iterations, eager.iterations)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+@pytest.mark.parametrize("defense", [False, True])
+def test_cuda_graph_chunk_gives_the_eager_masks(defense):
+    """A captured chunk (3 rows padded to 4, early stop frozen in place) against the eager engine, fp32
+    without autocast; defended rows may flip a filter bit under the fused kernels' round-off."""
+    model = _frozen(FundusCNN(width=4)).cuda()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)).cuda()
+    kwargs = dict(defense=defense, max_iter=12, lr=0.2, batch_size=4, check_every=2, autocast=False)
+    torch._dynamo.reset()
+    stop = RelativeScoreBelow(0.95)
+    graphed = FGVis(model, compile=True, cuda_graphs=True, **kwargs).attribute(x, lam=1e-6, stop=stop)
+    eager = FGVis(model, **kwargs).attribute(x, lam=1e-6, stop=stop)
+    assert torch.equal(graphed.iterations, eager.iterations)
+    assert (graphed.mask - eager.mask).abs().max() <= (1e-2 if defense else FP32_TOLERANCE)
+    assert (graphed.score - eager.score).abs().max() <= 1e-3
