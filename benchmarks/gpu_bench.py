@@ -15,9 +15,9 @@ same shapes.  One line per variant in ``OUT/results.jsonl``::
 
 ``ratio_to_naive`` divides by the naive loop's images/s of the same model and defense in the same
 run; ``max_mask_diff_to_eager`` compares with the eager batched masks of the same images (bf16
-against fp32 for the naive loop; for the search lines, with the eager sequential search).  A variant that would start after the time budget, or that needs
-CUDA on a CPU run, is written with ``status`` saying so and no figures.  Random weights; nothing is
-downloaded.
+against fp32 for the naive loop; for the search lines, with the eager sequential search).  A variant
+that would start after the time budget, or that needs CUDA on a CPU run, is written with ``status``
+saying so and no figures.  Random weights; nothing is downloaded.
 """
 from __future__ import annotations
 

@@ -388,9 +388,11 @@ class FGVis:
         """Optimise rows (image ``row_image[r]`` with ``row_lam[r]``) in chunks of ``batch_size``."""
         total = len(row_image)
         size = self.batch_size
-        if size is None:
-            size = (self._cuda_rows(model, inputs[row_image[:1]], reference[row_image[:1]], row_target[:1],
-                                    row_lam[:1], total) if inputs.device.type == "cuda" else default_rows(inputs, total))
+        if size is None and inputs.device.type == "cuda":
+            first = row_image[:1]
+            size = self._cuda_rows(model, inputs[first], reference[first], row_target[:1], row_lam[:1], total)
+        elif size is None:
+            size = default_rows(inputs, total)
         chunks = []
         bar = progress_bar(transient=True) if self.progress else contextlib.nullcontext()
         with bar:
@@ -421,7 +423,8 @@ class FGVis:
         torch.cuda.synchronize(device)
         per_row = max(1, torch.cuda.max_memory_allocated(device) - before)
         del rows, clean
-        free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        free = torch.cuda.mem_get_info(device)[0] + cached
         return max(1, min(total, int(_CUDA_MEMORY_SHARE * free / per_row)))
 
     def _optimise(self, model, x_img, ref_img, local, target, lam, stop, size: int) -> dict[str, torch.Tensor]:
