@@ -7,8 +7,10 @@ For GoogLeNet at 224 px and FundusCNN (width 32) at 512 px, 500 steps of the del
 and without the defense: the naive per-image loop (``bench_fgvis.naive_fgvis``: fp32, eager, one image
 at a time), the eager batched engine (bf16 autocast and channels-last on CUDA), the compiled engine,
 and the compiled engine captured in CUDA graphs; then the lambda search, batched against sequential.
-Every variant first runs two warm-up steps (compilation, CUDA-graph recording, autotuning) with the
-same shapes.  One line per variant in ``OUT/results.jsonl``::
+Engine variants use the CUDA defaults (bf16 autocast, channels-last, batch norm folded, rows from
+free memory).  Every variant first runs two warm-up steps (compilation, CUDA-graph recording,
+autotuning) with the same shapes; the sequential search's shrinking row counts may still compile a
+new shape inside its timed run.  One line per variant in ``OUT/results.jsonl``::
 
     {"model", "size", "variant", "defense", "images", "steps", "seconds", "images_per_s",
      "ratio_to_naive", "peak_memory_mib", "max_mask_diff_to_eager", "device", "torch", "status"}
