@@ -40,6 +40,7 @@ LR, LAM = 0.1, 1e-10
 # (model, size, images for the engine, images for the naive loop, FundusCNN width)
 FULL = [("googlenet", 224, 128, 2, None), ("fundus_cnn", 512, 48, 2, 32)]
 QUICK = [("googlenet", 32, 2, 1, None), ("fundus_cnn", 32, 2, 1, 4)]
+VARIANTS = ("naive", "eager", "compiled", "compiled+cuda_graphs")
 
 
 def _sync(device):
@@ -93,7 +94,9 @@ def run_model(bench: Bench, name: str, size: int, images: int, naive_images: int
     for defense in (True, False):
         common = dict(model=name, size=size, defense=defense, steps=steps)
         if bench.over_budget():
-            bench.write(**common, variant="naive", images=naive_images, status="skipped: time budget")
+            for variant in VARIANTS:
+                bench.write(**common, variant=variant, images=naive_images if variant == "naive" else images,
+                            status="skipped: time budget")
             continue
         for p in model.parameters():
             p.requires_grad_(False)
@@ -103,7 +106,7 @@ def run_model(bench: Bench, name: str, size: int, images: int, naive_images: int
         naive_rate = naive_images / seconds
         eager_mask = None
         results = {"naive": (torch.cat(naive), seconds, peak)}
-        for variant in ("eager", "compiled", "compiled+cuda_graphs"):
+        for variant in VARIANTS[1:]:
             status = "ok"
             if variant != "eager" and not compile:
                 status = "skipped: --no-compile"

@@ -50,4 +50,12 @@ def test_quick_mode_writes_a_json_line_per_variant(tmp_path):
 
 @pytest.mark.slow
 def test_quick_mode_with_the_compiled_variants(tmp_path):
-    _check(_run(tmp_path), compiled=True)
+    _check(_run(tmp_path, "--budget", "1e9"), compiled=True)
+
+
+def test_variants_after_the_time_budget_are_written_as_skipped(tmp_path):
+    lines = _run(tmp_path, "--no-compile", "--budget", "0")
+    assert len(lines) == 2 * 2 * 4 + 2
+    assert all(line["status"] == "skipped: time budget" or line["status"].startswith("skipped: --no-compile")
+               or line["status"] == "skipped: needs CUDA" for line in lines)
+    assert not any("images_per_s" in line for line in lines)
