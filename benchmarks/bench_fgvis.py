@@ -1,4 +1,5 @@
-"""Throughput of the FGVis engine against a naive single-image loop on the same model and images.
+"""Throughput of the FGVis engine, eager and compiled, against a naive single-image loop on the same
+model and images; prints the ratios compiled/eager and eager/naive.
 
 The naive reference is how public single-image implementations work: one image at a time, fp32,
 eager, a Python loop with a ``.item()`` stop check every step.  It runs the same algorithm
@@ -92,7 +93,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=None, help="engine rows per batch (default: all)")
     parser.add_argument("--no-defense", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="engine uses torch.compile")
+    parser.add_argument("--skip-compile", action="store_true", help="no compiled engine run")
     parser.add_argument("--fp32", action="store_true", help="engine without bf16 autocast on CUDA")
     parser.add_argument("--channels-last", action="store_true", help="engine uses channels-last on the CPU too")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -108,20 +109,27 @@ def main() -> None:
     x = torch.randn(args.images, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)).to(device)
     lr, lam = 0.1, 1e-10
 
-    engine = FGVis(model, game="deletion", defense=defense, lr=lr, max_iter=args.steps,
-                   batch_size=args.batch_size, compile=args.compile, autocast=False if args.fp32 else None,
-                   channels_last=True if args.channels_last else None)
+    settings = dict(game="deletion", defense=defense, lr=lr, max_iter=args.steps, batch_size=args.batch_size,
+                    autocast=False if args.fp32 else None, channels_last=True if args.channels_last else None)
+    engines = {"eager": FGVis(model, **settings)}
+    if not args.skip_compile:
+        engines["compiled"] = FGVis(model, compile=True, **settings)
     stop = ScoreBelow(THRESHOLD)
-    # Warm-up of both (one-off library initialisation, cuDNN autotuning, compilation).
+    # Warm-up (one-off library initialisation, cuDNN autotuning, compilation): the same rule and
+    # shapes as the timed runs, two steps.
     for p in model.parameters():
         p.requires_grad_(False)
     naive_fgvis(model, x[:1], 2, lr, lam, defense)
-    engine.attribute(x, lam=lam, stop=FixedSteps(2))
-    fns = [lambda: engine.attribute(x, lam=lam, stop=stop)]
+    for engine in engines.values():
+        engine.max_iter = 2
+        engine.attribute(x, lam=lam, stop=stop)
+        engine.max_iter = args.steps
+    names = list(engines)
+    fns = [lambda engine=engine: engine.attribute(x, lam=lam, stop=stop) for engine in engines.values()]
     if not args.skip_naive:
+        names.append("naive")
         fns.append(lambda: [naive_fgvis(model, x[i:i + 1], args.steps, lr, lam, defense) for i in range(args.images)])
-    (res, t_engine, c_engine), *naive_run = best_of(fns, device, args.repeats)
-    assert (res.iterations == args.steps).all()
+    runs = dict(zip(names, best_of(fns, device, args.repeats)))
     if device.type == "cpu":
         hardware = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                          if line.startswith("model name")), platform.processor())
@@ -130,21 +138,26 @@ def main() -> None:
     print(f"hardware: {hardware}; torch {torch.__version__}; CPU threads {torch.get_num_threads()}")
     print(f"model {args.model} {args.size}px, {args.images} images, {args.steps} steps, defense={defense}, "
           f"device {device}, best of {args.repeats}")
-    # CPU time of this process is the fairer figure on a machine shared with other jobs.
-    print(f"engine: {t_engine:8.2f} s wall {args.images / t_engine:8.3f} images/s | "
-          f"{c_engine:8.2f} s CPU {args.images / c_engine:8.3f} images/CPU-s")
-    if args.skip_naive:
-        return
-    naive, t_naive, c_naive = naive_run[0]
-    masks, targets, scores = zip(*naive)
-    assert list(targets) == res.target.tolist()
-    print(f"naive:  {t_naive:8.2f} s wall {args.images / t_naive:8.3f} images/s | "
-          f"{c_naive:8.2f} s CPU {args.images / c_naive:8.3f} images/CPU-s")
-    # Defended runs may differ where an activation sits at its bound (round-off decides).
-    diff = (torch.cat(masks) - res.mask).abs().max().item()
-    score_diff = (torch.tensor(scores) - res.score.cpu()).abs().max().item()
-    print(f"ratio engine/naive: {t_naive / t_engine:.2f}x wall, {c_naive / c_engine:.2f}x CPU time "
-          f"(max |mask difference| {diff:.2e}, max |score difference| {score_diff:.2e})")
+    eager = runs["eager"][0]
+    for name, (out, wall, cpu) in runs.items():
+        if name != "naive":
+            assert (out.iterations == args.steps).all()
+        # CPU time of this process is the fairer figure on a machine shared with other jobs.
+        print(f"{name:9s} {wall:8.2f} s wall {args.images / wall:8.3f} images/s | "
+              f"{cpu:8.2f} s CPU {args.images / cpu:8.3f} images/CPU-s")
+    if "compiled" in runs:
+        diff = (runs["compiled"][0].mask - eager.mask).abs().max().item()
+        print(f"ratio compiled/eager: {runs['eager'][1] / runs['compiled'][1]:.2f}x wall, "
+              f"{runs['eager'][2] / runs['compiled'][2]:.2f}x CPU time (max |mask difference| {diff:.2e})")
+    if "naive" in runs:
+        masks, targets, scores = zip(*runs["naive"][0])
+        assert list(targets) == eager.target.tolist()
+        # Defended runs may differ where an activation sits at its bound (round-off decides).
+        diff = (torch.cat(masks) - eager.mask).abs().max().item()
+        score_diff = (torch.tensor(scores) - eager.score.cpu()).abs().max().item()
+        print(f"ratio eager/naive: {runs['naive'][1] / runs['eager'][1]:.2f}x wall, "
+              f"{runs['naive'][2] / runs['eager'][2]:.2f}x CPU time "
+              f"(max |mask difference| {diff:.2e}, max |score difference| {score_diff:.2e})")
 
 
 if __name__ == "__main__":

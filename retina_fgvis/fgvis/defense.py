@@ -29,7 +29,10 @@ Two constructions of the same filter, sharing the indicator :func:`inside_bounds
 * graph (``apply(graph=True)``): the call's output is replaced by ``MaskedGradient(h, keep)``,
   an autograd function that is the identity forward and multiplies the gradient by ``keep``
   backward.  It has no hooks, so ``torch.compile`` captures it (also under ``torch.func``), with
-  the clean activations as graph inputs.  It filters the value the call returns.
+  the clean activations as graph inputs.  It filters the value the call returns.  Eager autograd
+  forbids in-place operations on the output of a custom function that returns a view of its input,
+  so this construction runs under ``torch.func.grad`` (the compiled step, ``loop.functional_step``),
+  where they are allowed; the eager step keeps the hooks.
 
 The hook multiplies the gradient with respect to ``h``; the autograd function does the same at
 the same place, so both give the same numbers.

@@ -30,14 +30,16 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from retina_fgvis.checks import check_int, check_number
+from retina_fgvis.fgvis.fold import FoldedModel
 from retina_fgvis.fgvis.games import GAMES, Game, check_start, game_spec, initial_mask
-from retina_fgvis.fgvis.loop import (ActiveRows, Precision, clean_pass, eager_step, final_evaluation)
+from retina_fgvis.fgvis.loop import (ActiveRows, Precision, clean_pass, compile_step, eager_step, final_evaluation,
+                                     functional_step, rows_step)
 from retina_fgvis.fgvis.objective import MARGIN_FACTOR, margin_limit
 from retina_fgvis.fgvis.references import REFERENCES, check_normalization, make_reference
 from retina_fgvis.fgvis.search import check_grid, lambda_grid, search_batched, search_sequential
@@ -51,6 +53,9 @@ __all__ = ["FGVis", "FGVisResult", "GAMES", "Game", "initial_mask", "model_guard
 # Default CPU chunk: rows totalling about this many input values.  CPU kernels gain nothing from
 # larger batches, while buffers above glibc's mmap threshold (32 MB) cost page faults every step.
 _CPU_CHUNK_VALUES = 2**20
+# Default CUDA chunk: this share of the free memory, at the measured peak of one row's eager step
+# (a compiled step needs less; the rest is headroom for the allocator and CUDA-graph pools).
+_CUDA_MEMORY_SHARE = 0.7
 
 
 class MarginWarning(UserWarning):
@@ -175,8 +180,9 @@ class FGVis:
         normalization: ``(mean, std)`` per channel of images scaled to [0, 1].
         noise_std: std of the noise reference in [0, 1] pixel units (8/255 = sigma_n 8).
         blur_sigma: std in pixels of the blur reference.
-        batch_size: most rows (image x lambda pairs) optimised at once; ``None`` = all rows
-            on CUDA, on the CPU chunks of about 2**20 input values (one 512 px image, six at 224 px).
+        batch_size: most rows (image x lambda pairs) optimised at once; ``None`` = on CUDA as many
+            rows as fit in 70 % of the free memory at the measured peak of one row's step, on the CPU
+            chunks of about 2**20 input values (one 512 px image, six at 224 px).
         seed: seeds the uniform start of ``m`` (``initial_mask(game, shape, seed)``) and the noise
             reference (``make_reference("noise", ..., seed=seed + 1)``); both depend only on the
             seed and the image shape, so an image gets the same result in any batch.
@@ -186,7 +192,15 @@ class FGVis:
         channels_last: channels-last memory format; ``None`` = on for CUDA inputs.  Also faster
             on the CPU, but off there by default: a model that calls ``.view`` on feature maps
             fails with it.
-        compile: run the model through ``torch.compile``.
+        compile: ``torch.compile`` the whole optimisation step (forward, loss, ``dL/dm`` through the
+            autograd-function defense, update, clamp, stop check) into one graph.  Finished rows
+            are then frozen, not dropped, and a chunk's rows are padded to a power of two (at most
+            ``batch_size``), so each chunk size compiles once.
+        fold_batchnorm: explain a private copy of the model with the eval-mode batch norms that
+            follow a convolution folded into it (exact up to round-off, see ``fold.py``; the
+            model itself is untouched); ``None`` = on for CUDA inputs.
+        cuda_graphs: capture the compiled step in CUDA graphs (``mode="reduce-overhead"``);
+            ``None`` = on for CUDA inputs when ``compile`` is set.
         check_every: early stopping checks ``done.all()`` on the host every this many steps
             (finished images are frozen on device in between).
     """
@@ -208,6 +222,8 @@ class FGVis:
         autocast: bool | None = None,
         channels_last: bool | None = None,
         compile: bool = False,
+        cuda_graphs: bool | None = None,
+        fold_batchnorm: bool | None = None,
         check_every: int = 10,
         start: tuple[float, float] | None = None,
     ):
@@ -236,7 +252,10 @@ class FGVis:
         self.autocast = autocast
         self.channels_last = channels_last
         self.compile = bool(compile)
-        self._compiled: nn.Module | None = None
+        self.cuda_graphs = cuda_graphs
+        self.fold_batchnorm = fold_batchnorm
+        self._folded = FoldedModel()
+        self._compiled: dict[tuple, Callable] = {}
 
     # ------------------------------------------------------------------ public verb
     def attribute(
@@ -282,11 +301,13 @@ class FGVis:
         # Margin warning: rows over the limit, rows checked; a search checks its smallest lambda only.
         self._margin_rows, self._margin_lam = [0, 0], min(grid) if searching else math.inf
 
-        def run(row_image: torch.Tensor, row_lam: torch.Tensor) -> dict[str, torch.Tensor]:
-            return self._run(inputs, reference, row_image, targets[row_image], row_lam, stop)
-
         cuda = device.type == "cuda"
         channels_last = self.channels_last if self.channels_last is not None else cuda
+        model = self._explained_model(cuda, channels_last)
+
+        def run(row_image: torch.Tensor, row_lam: torch.Tensor) -> dict[str, torch.Tensor]:
+            return self._run(model, inputs, reference, row_image, targets[row_image], row_lam, stop)
+
         with model_guard(self.model, channels_last=channels_last), torch.enable_grad():
             if not searching:
                 rows = run(torch.arange(n, device=device), lams)
@@ -338,19 +359,40 @@ class FGVis:
         cuda = device.type == "cuda"
         return Precision(device.type,
                          autocast=self.autocast if self.autocast is not None else cuda,
-                         channels_last=self.channels_last if self.channels_last is not None else cuda)
+                         channels_last=self.channels_last if self.channels_last is not None else cuda,
+                         cache_autocast=not self._cuda_graphs(device))
 
-    def _forward_fn(self) -> nn.Module:
+    def _cuda_graphs(self, device: torch.device) -> bool:
+        if not self.compile or device.type != "cuda":
+            return False
+        return self.cuda_graphs is None or bool(self.cuda_graphs)
+
+    def _stepper(self, model: nn.Module, rule: StopRule, early: bool, precision: Precision,
+                 device: torch.device) -> Callable[[ActiveRows], None]:
+        """The step of every active row: eager, or the compiled functional step (one per settings)."""
         if not self.compile:
-            return self.model
-        if self._compiled is None:
-            self._compiled = torch.compile(self.model)
-        return self._compiled
+            return eager_step(model, self.spec, self.lr, rule, early, precision)
+        graphs = self._cuda_graphs(device)
+        key = (model, rule, early, precision, graphs)
+        if key not in self._compiled:
+            self._compiled[key] = compile_step(functional_step(model, self.spec, self.lr, rule, early, precision),
+                                               cuda_graphs=graphs)
+        return rows_step(self._compiled[key], cuda_graphs=graphs)
 
-    def _run(self, inputs, reference, row_image, row_target, row_lam, stop) -> dict[str, torch.Tensor]:
+    def _explained_model(self, cuda: bool, channels_last: bool) -> nn.Module:
+        """The model the optimisation runs: the user's, or its folded private copy."""
+        fold = self.fold_batchnorm if self.fold_batchnorm is not None else cuda
+        return self._folded.get(self.model, channels_last) if fold else self.model
+
+    def _run(self, model, inputs, reference, row_image, row_target, row_lam, stop) -> dict[str, torch.Tensor]:
         """Optimise rows (image ``row_image[r]`` with ``row_lam[r]``) in chunks of ``batch_size``."""
         total = len(row_image)
-        size = self.batch_size or default_rows(inputs, total)
+        size = self.batch_size
+        if size is None and inputs.device.type == "cuda":
+            first = row_image[:1]
+            size = self._cuda_rows(model, inputs[first], reference[first], row_target[:1], row_lam[:1], total)
+        elif size is None:
+            size = default_rows(inputs, total)
         chunks = []
         bar = progress_bar(transient=True) if self.progress else contextlib.nullcontext()
         with bar:
@@ -359,20 +401,41 @@ class FGVis:
                 sl = slice(begin, begin + size)
                 images, local = torch.unique(row_image[sl], return_inverse=True)
                 chunks.append(self._optimise(
-                    inputs[images], reference[images], local, row_target[sl], row_lam[sl], stop))
+                    model, inputs[images], reference[images], local, row_target[sl], row_lam[sl], stop, size))
                 if self.progress:
                     bar.update(task, advance=len(local))
         return {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
 
-    def _optimise(self, x_img, ref_img, local, target, lam, stop) -> dict[str, torch.Tensor]:
-        """One chunk.  x_img, ref_img: n x C x H x W images; row r uses image ``local[r]``.
+    def _cuda_rows(self, model, x, r, target, lam, total: int) -> int:
+        """Rows per CUDA chunk from free memory: ``_CUDA_MEMORY_SHARE`` of it over the measured peak
+        memory of one eager step of the one row ``x`` (1 x C x H x W) with its reference ``r``."""
+        device = x.device
+        precision = self._precision(device)
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        local = torch.zeros(1, dtype=torch.long, device=device)
+        clean = clean_pass(model, x, local, target, precision, self.defense)
+        fmt = precision.memory_format
+        rows = ActiveRows.start(x.contiguous(memory_format=fmt), r.contiguous(memory_format=fmt), clean, local, lam,
+                                self.spec, self.seed, precision, self.start)
+        eager_step(model, self.spec, self.lr, FixedSteps(1), False, precision)(rows)
+        torch.cuda.synchronize(device)
+        per_row = max(1, torch.cuda.max_memory_allocated(device) - before)
+        del rows, clean
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        free = torch.cuda.mem_get_info(device)[0] + cached
+        return max(1, min(total, int(_CUDA_MEMORY_SHARE * free / per_row)))
+
+    def _optimise(self, model, x_img, ref_img, local, target, lam, stop, size: int) -> dict[str, torch.Tensor]:
+        """One chunk of at most ``size`` rows.  x_img, ref_img: n x C x H x W images; row r uses image
+        ``local[r]``.
 
         Early-stopped rows are frozen on the device (no host sync); every ``check_every`` steps the
         host checks that every value is finite and whether all rows are done, and drops the
-        finished ones from the batch.
+        finished ones from the batch (compiled: pads the rows once and keeps finished ones frozen).
         """
         precision = self._precision(x_img.device)
-        model = self._forward_fn()
         rule = stop if stop is not None else FixedSteps(self.max_iter)
         steps = rule.steps if isinstance(rule, FixedSteps) else self.max_iter
         early = rule.early and self.spec.stops_early
@@ -383,27 +446,37 @@ class FGVis:
         x = x_img[local].contiguous(memory_format=fmt)
         r = ref_img[local].contiguous(memory_format=fmt)
         rows = ActiveRows.start(x, r, clean, local, lam, self.spec, self.seed, precision, self.start)
+        real = len(rows)
         out_mask = torch.empty_like(rows.m)
-        out_iters = torch.zeros(len(rows), dtype=torch.long, device=x.device)
+        out_iters = torch.zeros(real, dtype=torch.long, device=x.device)
 
         def retire(finished: torch.Tensor) -> None:
             out_mask[rows.index[finished]] = rows.m[finished].detach()
             out_iters[rows.index[finished]] = rows.iters[finished]
 
-        step = eager_step(model, self.spec, self.lr, rule, early, precision)
+        step = self._stepper(model, rule, early, precision, x.device)
+        if self.compile:
+            rows = rows.padded(min(size, 1 << (real - 1).bit_length()))
         for i in range(steps):
             step(rows)
-            if (i + 1) % self.check_every == 0:
-                rows.check_finite()
-                finished = int(rows.done.sum()) if early else 0  # with check_finite, the loop's host syncs
-                if finished:
-                    retire(rows.done.nonzero()[:, 0])
-                    if finished == len(rows):
-                        break
-                    rows = rows.select((~rows.done).nonzero()[:, 0])
+            if (i + 1) % self.check_every:
+                continue
+            rows.check_finite()
+            if not early:
+                continue
+            if self.compile:  # fixed shapes: finished rows stay frozen in the batch
+                if bool(rows.done.all()):
+                    break
+                continue
+            finished = int(rows.done.sum())  # with check_finite, the loop's host syncs
+            if finished == len(rows):
+                break
+            if finished:
+                retire(rows.done.nonzero()[:, 0])
+                rows = rows.select((~rows.done).nonzero()[:, 0])
         else:
             rows.check_finite()
-            retire(torch.arange(len(rows), device=x.device))
+        retire(torch.arange(real if self.compile else len(rows), device=x.device))
         result = final_evaluation(model, x, r, out_mask, clean.target, clean.initial_score, rule,
                                   self.spec.keeps_class, precision)
         result["iterations"] = out_iters

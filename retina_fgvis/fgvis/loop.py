@@ -27,8 +27,8 @@ from retina_fgvis.fgvis.objective import explanation, game_loss, gradient_scale,
 from retina_fgvis.fgvis.stops import StopRule
 from retina_fgvis.fgvis.targets import TOP_CLASS, check_class_range
 
-__all__ = ["CleanPass", "ActiveRows", "Precision", "clean_pass", "loss_gradient", "apply_update", "eager_step",
-           "final_evaluation", "check_logits"]
+__all__ = ["CleanPass", "ActiveRows", "Precision", "clean_pass", "loss_gradient", "update_state", "apply_update",
+           "eager_step", "functional_step", "compile_step", "rows_step", "final_evaluation", "check_logits"]
 
 
 @dataclass(frozen=True)
@@ -153,15 +153,30 @@ class ActiveRows:
         return ActiveRows(**{name: [h.index_select(0, keep) for h in value] if name == "bounds" else value[keep]
                              for name, value in values.items()})
 
+    def padded(self, size: int) -> "ActiveRows":
+        """``size`` rows: these, then copies of row 0 that are done from the start (frozen, never
+        counted).  A compiled step sees one row count per chunk size instead of one per remainder."""
+        extra = size - len(self)
+        if extra <= 0:
+            return self
+        rows = self.select(torch.cat([torch.arange(len(self)), torch.zeros(extra, dtype=torch.long)]).to(self.m.device))
+        rows.done[len(self):] = True
+        return rows
+
     def check_finite(self) -> None:
-        """``ValueError`` naming ``model`` and the first step at which a row's logits or gradient were
-        not finite (a host synchronisation)."""
+        """``ValueError`` naming ``model``, what was not finite (logits or gradient) and the first step
+        at which it happened, over all rows (a host synchronisation).  Non-finite logits give a
+        non-finite gradient in the same step; the logits are then named."""
+        found = []
         for flags, what in ((self.nonfinite_logits, "returned non-finite logits (NaN or inf)"),
                             (self.nonfinite_grad, "gave a non-finite gradient of the loss with respect to the mask")):
             bad = flags[flags > 0]
             if len(bad):
-                raise ValueError(f"model: {what} at optimisation step {int(bad.min())} "
-                                 f"({len(bad)} of {len(flags)} rows of the chunk)")
+                found.append((int(bad.min()), what, len(bad)))
+        if found:
+            step, what, count = min(found, key=lambda item: item[0])
+            raise ValueError(f"model: {what} at optimisation step {step} "
+                             f"({count} of {len(self)} rows of the chunk)")
 
 
 def loss_gradient(model: nn.Module, rows: ActiveRows, keeps_class: bool, precision: Precision,
@@ -182,21 +197,35 @@ def loss_gradient(model: nn.Module, rows: ActiveRows, keeps_class: bool, precisi
     return grad, log_probs, logits, (filt.last_inside if filt is not None else [])
 
 
+def update_state(m: torch.Tensor, grad: torch.Tensor, log_probs: torch.Tensor, logits: torch.Tensor,
+                 done: torch.Tensor, iters: torch.Tensor, nonfinite_logits: torch.Tensor,
+                 nonfinite_grad: torch.Tensor, target: torch.Tensor, initial_score: torch.Tensor, lr: float,
+                 rule: StopRule, keeps_class: bool, early: bool) -> tuple[torch.Tensor, ...]:
+    """The stop check, the normalised SGD update and the freeze of done rows, as new tensors.
+
+    Returns ``(m, done, iters, nonfinite_logits, nonfinite_grad)`` (see :class:`ActiveRows`).  Pure
+    tensor code without host synchronisation, shared by the eager and the compiled step.
+    """
+    if early:
+        done = done | rule(log_probs.exp(), target, initial_score, keeps_class)
+    scale = gradient_scale(grad)
+    m = torch.where(done[:, None, None, None], m, sgd_update(m, grad, scale, lr))
+    live = ~done
+    step = iters + 1
+    nonfinite_logits = torch.where(live & (nonfinite_logits == 0) & ~torch.isfinite(logits).all(1),
+                                   step, nonfinite_logits)
+    nonfinite_grad = torch.where(live & (nonfinite_grad == 0) & ~torch.isfinite(scale.flatten()),
+                                 step, nonfinite_grad)
+    return m, done, iters + live, nonfinite_logits, nonfinite_grad
+
+
 @torch.no_grad()
 def apply_update(rows: ActiveRows, grad: torch.Tensor, log_probs: torch.Tensor, logits: torch.Tensor,
                  lr: float, rule: StopRule, keeps_class: bool, early: bool) -> None:
-    """The stop check, the normalised SGD update and the freeze of done rows, in place on ``rows``."""
-    if early:
-        rows.done |= rule(log_probs.exp(), rows.target, rows.initial_score, keeps_class)
-    scale = gradient_scale(grad)
-    rows.m = torch.where(rows.done[:, None, None, None], rows.m.detach(), sgd_update(rows.m, grad, scale, lr))
-    live = ~rows.done
-    step = rows.iters + 1
-    rows.nonfinite_logits = torch.where(live & (rows.nonfinite_logits == 0) & ~torch.isfinite(logits).all(1),
-                                        step, rows.nonfinite_logits)
-    rows.nonfinite_grad = torch.where(live & (rows.nonfinite_grad == 0) & ~torch.isfinite(scale.flatten()),
-                                      step, rows.nonfinite_grad)
-    rows.iters += live
+    """:func:`update_state` in place on ``rows``."""
+    (rows.m, rows.done, rows.iters, rows.nonfinite_logits, rows.nonfinite_grad) = update_state(
+        rows.m.detach(), grad, log_probs, logits, rows.done, rows.iters, rows.nonfinite_logits,
+        rows.nonfinite_grad, rows.target, rows.initial_score, lr, rule, keeps_class, early)
 
 
 def eager_step(model: nn.Module, game: Game, lr: float, rule: StopRule, early: bool,
@@ -208,6 +237,61 @@ def eager_step(model: nn.Module, game: Game, lr: float, rule: StopRule, early: b
         apply_update(rows, grad, log_probs, logits, lr, rule, game.keeps_class, early)
 
     return step
+
+
+_STATE = ("m", "done", "iters", "nonfinite_logits", "nonfinite_grad")
+"""The per-row fields one step replaces (the outputs of :func:`functional_step`)."""
+
+
+def functional_step(model: nn.Module, game: Game, lr: float, rule: StopRule, early: bool,
+                    precision: Precision) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """One SGD step as a pure function of tensors, the function ``torch.compile`` captures whole.
+
+    ``step(m, diff, r, target, lam, initial_score, done, iters, nonfinite_logits, nonfinite_grad,
+    bounds) -> (m, done, iters, nonfinite_logits, nonfinite_grad)`` with the :class:`ActiveRows`
+    fields of those names.  Same maths as :func:`eager_step`; the gradient comes from
+    ``torch.func.grad`` and the defense from the autograd-function filter
+    (``GradientFilter.apply(graph=True)``): no tensor hooks, no host synchronisation.
+    """
+    keeps_class = game.keeps_class
+
+    def step(m, diff, r, target, lam, initial_score, done, iters, nonfinite_logits, nonfinite_grad, bounds):
+        def loss_of(mask):
+            filt = GradientFilter(bounds).apply(graph=True) if bounds else contextlib.nullcontext()
+            with precision.amp(), filt:
+                logits = model(explanation(mask, diff, r))
+            loss, log_probs = game_loss(check_logits(logits, len(mask)), target, mask, lam, keeps_class)
+            return loss.sum(), (log_probs, logits)
+
+        grad, (log_probs, logits) = torch.func.grad(loss_of, has_aux=True)(m)
+        return update_state(m, grad, log_probs, logits, done, iters, nonfinite_logits, nonfinite_grad,
+                            target, initial_score, lr, rule, keeps_class, early)
+
+    return step
+
+
+def compile_step(step: Callable[..., tuple[torch.Tensor, ...]], cuda_graphs: bool = False):
+    """``torch.compile`` of a :func:`functional_step`: one graph (``fullgraph=True``), static shapes;
+    ``cuda_graphs``: captured in CUDA graphs (``mode="reduce-overhead"``)."""
+    return torch.compile(step, fullgraph=True, dynamic=False, mode="reduce-overhead" if cuda_graphs else None)
+
+
+def rows_step(step: Callable[..., tuple[torch.Tensor, ...]], cuda_graphs: bool = False) -> Callable[[ActiveRows], None]:
+    """A :func:`functional_step` (compiled or not) applied in place on :class:`ActiveRows`.
+
+    With ``cuda_graphs`` each call starts a new CUDA-graph step: the previous step's outputs are
+    inputs of this one and are not read afterwards.
+    """
+
+    def apply(rows: ActiveRows) -> None:
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        state = step(rows.m, rows.diff, rows.r, rows.target, rows.lam, rows.initial_score, rows.done, rows.iters,
+                     rows.nonfinite_logits, rows.nonfinite_grad, rows.bounds)
+        for name, value in zip(_STATE, state):
+            setattr(rows, name, value)
+
+    return apply
 
 
 @torch.no_grad()

@@ -97,3 +97,62 @@ def test_inputs_on_another_device_than_the_model():
         pytest.skip("needs a second device")
     with pytest.raises(ValueError, match="^inputs:"):
         FGVis(MODEL, max_iter=1).attribute(X.cuda())
+
+
+class _NaNAfter(torch.nn.Module):
+    """The small CNN whose logits (``what="logits"``) or gradient (``what="gradient"``) turn non-finite
+    from its ``after``-th call on (call 1 is the clean pass)."""
+
+    def __init__(self, what: str, after: int):
+        super().__init__()
+        self.net, self.what, self.after, self.calls = small_cnn(4, seed=0).eval(), what, after, 0
+
+    def forward(self, x):
+        self.calls += 1
+        logits = self.net(x)
+        if self.calls < self.after:
+            return logits
+        if self.what == "logits":
+            return logits * math.nan
+        # Forward value 0 * sqrt(0) = 0; its gradient 0 * inf = NaN.
+        return logits + 0 * torch.sqrt(x - x.detach()).sum()
+
+
+@pytest.mark.parametrize("what, after, message", [
+    ("logits", 1, "^model: returned non-finite logits .* on the clean inputs"),
+    ("logits", 3, "^model: returned non-finite logits .* at optimisation step 2 \\(2 of 2 rows"),
+    ("gradient", 2, "^model: gave a non-finite gradient .* at optimisation step 1"),
+])
+@pytest.mark.parametrize("check_every", [1, 10])
+def test_non_finite_logits_or_gradients_raise_instead_of_nan_masks(what, after, message, check_every):
+    model = _NaNAfter(what, after)
+    with pytest.raises(ValueError, match=message):
+        FGVis(model, max_iter=4, check_every=check_every).attribute(X)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_get_one_clear_error(dtype):
+    with pytest.raises(TypeError, match=f"^inputs: {dtype} is too coarse"):
+        FGVis(MODEL, max_iter=1).attribute(X.to(dtype))
+
+
+def test_double_precision_runs_with_a_double_model_and_names_the_mismatch_otherwise():
+    res = FGVis(small_cnn(4, seed=0).double().eval(), max_iter=2).attribute(X.double())
+    assert res.mask.dtype == torch.float64 and torch.isfinite(res.mask).all()
+    with pytest.raises(TypeError, match="^inputs: are torch.float64 but the model's parameters torch.float32"):
+        FGVis(MODEL, max_iter=1).attribute(X.double())
+
+
+class _Tuple(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = small_cnn(4, seed=0).eval()
+
+    def forward(self, x):
+        logits = self.net(x)
+        return logits, logits.softmax(1)
+
+
+def test_a_model_returning_a_tuple_gets_one_clear_error():
+    with pytest.raises(ValueError, match="^model: returned a tuple, FGVis needs the logits tensor N x K alone"):
+        FGVis(_Tuple(), max_iter=1).attribute(X)
