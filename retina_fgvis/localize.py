@@ -106,6 +106,8 @@ class LocalizeConfig:
         occlusion_window, occlusion_stride: occlusion patch and step in px (``None`` = image size/16, half of it).
         random_cell: blob size in px of the random map (``None`` = image size/32).
         seed: FGVis seed (mask initialisation); also SmoothGrad's noise and the random map's seed.
+        compile: FGVis only: ``torch.compile`` the optimisation step (CUDA graphs on a GPU; docs/engine.md).
+            Masks differ from eager by round-off, so it is part of the run's identity.
         progress: show a progress bar with images/s.
     """
 
@@ -129,6 +131,7 @@ class LocalizeConfig:
     smoothgrad_samples: int = 25
     random_cell: int | None = None
     seed: int = 0
+    compile: bool = False
     progress: bool = True
 
     def validate(self) -> None:
@@ -139,6 +142,10 @@ class LocalizeConfig:
                 raise ValueError(f"{name}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         for name in ("batch_size", "max_iter", "smoothgrad_samples"):
             check_int(name, getattr(self, name), minimum=1)
+        if self.random_cell is not None:
+            check_int("random_cell", self.random_cell, minimum=1)
+        if not isinstance(self.compile, bool):
+            raise TypeError(f"compile: expected a bool, got {self.compile!r}")
         check_number("lam", self.lam, minimum=0)
         check_number("lr", self.lr, minimum=0, exclusive_minimum=True)
         check_number("stop_score", self.stop_score, minimum=0, maximum=1, exclusive_minimum=True)
@@ -276,7 +283,7 @@ def _explainer(config: LocalizeConfig, classifier) -> Callable[[torch.Tensor, in
         from retina_fgvis.fgvis import ScoreBelow
 
         engine = FGVis(model, game="deletion", reference="zero", lr=float(config.lr), max_iter=config.max_iter,
-                       normalization=classifier.normalization, seed=config.seed, progress=False)
+                       normalization=classifier.normalization, seed=config.seed, compile=config.compile, progress=False)
 
         def explain(x: torch.Tensor, target: int) -> _Explanation:
             result = engine.attribute(x, target=target, lam=float(config.lam), stop=ScoreBelow(float(config.stop_score)))

@@ -87,7 +87,7 @@ class GradCAM:
             N×1×H×W float32 tensor in [0, 1] (high = important) on ``inputs.device``.
         """
         check_inputs(inputs)
-        net = copy.deepcopy(self.model).eval().requires_grad_(False)
+        net = frozen_copy(self.model)
         # The input carries the gradient, so the target layer is reached even with frozen weights.
         x = inputs.detach().clone().requires_grad_(True)
         targets = resolve_targets(net, x, target)
@@ -164,6 +164,11 @@ def resolution_target_layer(model: nn.Module, input_shape: Sequence[int], min_fr
     fine = [name for name in blocks if name in sides
             and sides[name][0] >= min_fraction * height and sides[name][1] >= min_fraction * width]
     return fine[-1] if fine else blocks[0]
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A private eval-mode copy with frozen weights: hooks and gradients never touch the user's model."""
+    return copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def resolve_targets(model: nn.Module, inputs: torch.Tensor,

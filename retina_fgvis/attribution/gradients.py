@@ -14,14 +14,13 @@ for every image, so an image's map does not depend on the batch it is in.
 from __future__ import annotations
 
 import contextlib
-import copy
 from collections.abc import Iterator, Sequence
 
 import torch
 from monai.visualize import SmoothGrad, VanillaGrad
 from torch import nn
 
-from retina_fgvis.attribution.gradcam import resolve_targets, scale_per_image
+from retina_fgvis.attribution.gradcam import frozen_copy, resolve_targets, scale_per_image
 from retina_fgvis.checks import check_int
 from retina_fgvis.fgvis.engine import check_inputs
 
@@ -47,17 +46,13 @@ class VanillaGradient:
         return VanillaGrad(net)
 
     def attribute(self, inputs: torch.Tensor, target: int | Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        """Gradient maps for ``inputs``.
+        """Gradient maps for ``inputs``: the per-pixel max over channels of ``|∂y[c_T]/∂x|``, scaled per image.
 
-        Args:
-            inputs: N×C×H×W float tensor in the model's input space, any device.
-            target: class per image: ``None`` (most likely class), an int, or N ints (list or tensor).
-
-        Returns:
-            N×1×H×W float32 tensor in [0, 1] (high = important) on ``inputs.device``.
+        ``inputs`` (N×C×H×W, any device) and ``target`` as for :meth:`GradCAM.attribute
+        <retina_fgvis.attribution.GradCAM.attribute>`; returns N×1×H×W float32 in [0, 1] on ``inputs.device``.
         """
         check_inputs(inputs)
-        net = copy.deepcopy(self.model).eval().requires_grad_(False)
+        net = frozen_copy(self.model)
         x = inputs.detach()
         targets = resolve_targets(net, x, target)
         saliency = self._saliency(net)

@@ -43,6 +43,8 @@ def localize_command(
     smoothgrad_samples: int = typer.Option(25, "--smoothgrad-samples", help="SmoothGrad noisy copies per image."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     batch_size: int = typer.Option(8, "--batch-size", help="Images per engine call."),
+    compile_step: bool = typer.Option(False, "--compile/--no-compile",
+                                      help="FGVis: torch.compile the optimisation step (CUDA graphs on a GPU)."),
     lam: float = typer.Option(1e-10, "--lam", help="FGVis λ (fixed)."),
     lr: float = typer.Option(0.25, "--lr", help="FGVis learning rate."),
     max_iter: int = typer.Option(500, "--max-iter", help="FGVis step limit."),
@@ -54,9 +56,9 @@ def localize_command(
 ) -> None:
     """Localize lesions with FGVis (the paper's medical settings) or a baseline; score and report when complete."""
     config = LocalizeConfig(data_dir=data_dir, checkpoint=checkpoint, out=out, dataset=dataset, split=split,
-                            method=method, device=device, batch_size=batch_size, lam=lam, lr=lr, max_iter=max_iter,
-                            stop_score=stop_score, threshold=threshold, shard=shard, gradcam_layer=gradcam_layer,
-                            smoothgrad_samples=smoothgrad_samples, seed=seed, progress=progress)
+                            method=method, device=device, batch_size=batch_size, compile=compile_step, lam=lam, lr=lr,
+                            max_iter=max_iter, stop_score=stop_score, threshold=threshold, shard=shard,
+                            gradcam_layer=gradcam_layer, smoothgrad_samples=smoothgrad_samples, seed=seed, progress=progress)
     try:
         run = localize(config)
         if not run_complete(run):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from retina_fgvis.cli import app
@@ -37,3 +38,24 @@ def test_bad_input_is_one_red_line_and_exit_code_2(synthetic_data, trained_check
     result = runner.invoke(app, _args(synthetic_data, tmp_path / "missing.pt", tmp_path / "b"))
     assert result.exit_code == 2 and "missing.pt" in result.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_compiled_localize_gives_the_eager_run(synthetic_data, trained_checkpoint, tmp_path):
+    """`--compile` on the CPU: same stop decisions and iterations as eager, masks within fp32 round-off."""
+    import numpy as np
+
+    runs = {}
+    for name, flag in (("eager", "--no-compile"), ("compiled", "--compile")):
+        runs[name] = tmp_path / name
+        result = runner.invoke(app, _args(synthetic_data, trained_checkpoint, runs[name], "--max-iter", "20",
+                                          "--batch-size", "4", flag))
+        assert result.exit_code == 0, result.output
+    assert json.loads((runs["compiled"] / "run.json").read_text())["config"]["compile"] is True
+    for record in sorted((runs["eager"] / "images").glob("*/record.json")):
+        other = runs["compiled"] / "images" / record.parent.name
+        eager, compiled = json.loads(record.read_text()), json.loads((other / "record.json").read_text())
+        assert (eager["success"], eager["iterations"]) == (compiled["success"], compiled["iterations"])
+        a = np.load(record.parent / "maps.npz")["importance"]
+        b = np.load(other / "maps.npz")["importance"]
+        assert np.abs(a - b).max() < 0.05

@@ -104,10 +104,11 @@ def test_black_substrate_and_bad_arguments():
 @pytest.fixture(scope="module")
 def photos():
     """EfficientNet-Lite0 (pretrained) on three scikit-image photos at 96 px, FGVis with the A4.1 game,
-    learning rate and stop rule but one λ (1e-8) and at most 150 iterations, and Grad-CAM."""
+    learning rate and stop rule but one λ (1e-8) and at most 300 iterations (150 left the coffee photo short of
+    its stop with one thread: a failed optimisation that depends on round-off), and Grad-CAM."""
     model = load_imagenet_model("efficientnet_lite0", image_size=96)
     x = model.preprocess_batch([skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut()])
-    result = fgvis_deletion(model.model, x, normalization=model.normalization, max_iter=150, lam_grid=[1e-8])
+    result = fgvis_deletion(model.model, x, normalization=model.normalization, max_iter=300, lam_grid=[1e-8])
     cam = GradCAM(model.model, target_layer=model.cam_layer).attribute(x, target=result.target)
     return model, x, result, cam
 
@@ -117,6 +118,7 @@ def test_deletion_game_drops_the_predicted_class(photos):
     with torch.no_grad():
         predicted = model.model(x).argmax(1)
     assert torch.equal(result.target, predicted)
+    assert result.success.all()                                        # the A4.1 stop met on every photo
     assert (result.top_class != predicted).all()                       # the class shifted on every photo
     assert (result.score < 0.1 * result.initial_score).all()
 
