@@ -21,7 +21,7 @@ import time
 import torch
 import torchvision
 
-from retina_fgvis.fgvis import FGVis, FixedSteps, GradientFilter, ScoreBelow, initial_mask
+from retina_fgvis.fgvis import FGVis, GradientFilter, ScoreBelow, initial_mask
 from retina_fgvis.models.fundus_cnn import FundusCNN
 
 THRESHOLD = 1e-30  # never reached: every image runs all steps

@@ -17,7 +17,7 @@ from test_fgvis_defense import _Mixed
 
 from retina_fgvis.fgvis import GAMES, FGVis, FixedSteps, RelativeScoreBelow, ScoreBelow
 from retina_fgvis.fgvis.games import game_spec
-from retina_fgvis.fgvis.loop import (ActiveRows, Precision, clean_pass, compile_step, eager_step, functional_step,
+from retina_fgvis.fgvis.loop import (ActiveRows, Precision, clean_pass, eager_step, functional_step,
                                      rows_step)
 from retina_fgvis.models.fundus_cnn import FundusCNN
 
