@@ -347,7 +347,21 @@ def _image_rows(run_dir: Path, frame: pd.DataFrame, lesion_types: list[str], oth
     return head, rows
 
 
-def _explanation(method: str, threshold: Any, stop_score: Any, success: Mapping[str, Any] | None) -> str:
+#: Below this many lesions of a type, the report says its scores rest on few lesions.
+FEW_LESIONS = 20
+
+
+def _few_lesions(n_lesions: Mapping[str, Any]) -> str:
+    """The caveat's sentence on the lesion types with fewer than :data:`FEW_LESIONS` lesions in this run."""
+    few = [f"{LESION_NAMES.get(t, t).lower()} ({int(n)})" for t, n in n_lesions.items() if int(n) < FEW_LESIONS]
+    if not few:
+        return ""
+    return (f" Few lesions of some types are marked in these images ({', '.join(few)}), so their scores rest on "
+            "few lesions.")
+
+
+def _explanation(method: str, threshold: Any, stop_score: Any, success: Mapping[str, Any] | None,
+                 n_lesions: Mapping[str, Any]) -> str:
     share = percent(threshold) if isinstance(threshold, (int, float)) else "a fixed share"
     target = f"below {percent(stop_score)}" if isinstance(stop_score, (int, float)) else "to a low value"
     if method.lower().startswith("fgvis"):
@@ -381,8 +395,8 @@ def _explanation(method: str, threshold: Any, stop_score: Any, success: Mapping[
         "sensitivity clearly above chance shows the model found the lesions. <i>Pixel precision</i> is the share "
         "of highlighted pixels lying on lesions of that type.</p></div>"
         '<div class="box caveat"><p><b>Caveat.</b> Highlights also fall on blood vessels, the optic disc and the '
-        "edge of the retina, where contrast resembles lesions; they are counted as false-positive regions. "
-        "Small red dots and soft exudates are few and small, so their scores rest on few lesions.</p></div>"
+        f"edge of the retina, where contrast resembles lesions; they are counted as false-positive regions."
+        f"{escape(_few_lesions(n_lesions))}</p></div>"
     )
 
 
@@ -437,7 +451,7 @@ def write_report(run_dir: str | os.PathLike, comparison: Mapping[str, Any] | str
         f"<h1>Where the model looks: {escape(_display(summary['method']))} vs the experts' lesion markings</h1>",
         f'<p class="sub">{escape(facts)}</p>',
         _explanation(summary["method"], summary.get("threshold"), _run_config(run).get("stop_score"),
-                     summary.get("success")),
+                     summary.get("success"), summary["n_lesions"]),
         "<h2>Legend</h2>", _legend(),
         "<h2>Lesions found, per type</h2>", _summary_html(summary),
     ]

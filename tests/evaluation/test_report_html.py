@@ -137,3 +137,12 @@ def test_report_reads_a_comparison_written_before_froc(scored):
     html = write_report(run, old).read_text(encoding="utf-8")
     table = html.split('id="comparison"')[1].split("</table>")[0]
     assert 'id="froc"' not in html and "%" in table and " [" not in table              # no intervals to show
+
+
+def test_the_caveat_names_the_lesion_types_this_run_has_few_of():
+    from retina_fgvis.evaluation.report import _few_lesions
+
+    sentence = _few_lesions({"hard_exudates": 41, "soft_exudates": 15, "hemorrhages": 40, "red_small_dots": 3})
+    assert "soft exudates (15)" in sentence and "red small dots (3)" in sentence
+    assert "hard exudates" not in sentence and "hemorrhages" not in sentence
+    assert _few_lesions({"hard_exudates": 41, "hemorrhages": 20}) == ""
