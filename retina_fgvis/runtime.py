@@ -1,4 +1,4 @@
-"""Device selection, seeding and progress bars shared by the commands."""
+"""Device selection, seeding, the console and progress bars shared by the commands."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,13 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+#: The one console that commands and pipelines print to, and its stderr twin for errors.
+console = Console()
+error_console = Console(stderr=True)
 
 
 class TorchrunPlace(NamedTuple):

@@ -3,7 +3,10 @@ import os
 from typing import NoReturn
 
 import typer
-from rich.console import Console
+
+from retina_fgvis.runtime import console, error_console
+
+__all__ = ["BAD_INPUT", "app", "console", "fail"]
 
 app = typer.Typer(
     name="retina-fgvis",
@@ -11,7 +14,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
 
 #: What a command reports with :func:`fail`: bad input (``ValueError``, every checked argument and file) and
 #: operating-system errors on a path (a read-only folder, a file where a folder belongs, a full disk).
@@ -26,5 +28,5 @@ def fail(error: Exception) -> NoReturn:
         message = f"{' -> '.join(paths)}: {error.strerror or error}"
     else:
         message = str(error)
-    Console(stderr=True).print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    error_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=2)

@@ -5,9 +5,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-from retina_fgvis.cli._app import BAD_INPUT, app, fail
+from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
 from retina_fgvis.datasets.synthetic import create_synthetic_set
 
 prepare_app = typer.Typer(help="Preprocess a dataset once (FOV crop, square, resize, optional Graham).", no_args_is_help=True)
@@ -34,13 +33,11 @@ def synth(
                                               label_rule=label_rule)
     except BAD_INPUT as error:
         fail(error)
-    console = Console(soft_wrap=True, highlight=False)
-    if not written:
-        console.print(f"{out} already holds this set (same settings): reused, nothing rewritten")
-    console.print(f"EyePACS layout:        {paths.eyepacs}")
-    console.print(f"DiaretDB1 v2.1 layout: {paths.diaretdb1}")
-    console.print(f"DiaretDB1 v1.1 layout: {paths.diaretdb1_v1}")
-    console.print(f"per-image grades:      {paths.images_csv}")
+    lines = ([f"{out} already holds this set (same settings): reused, nothing rewritten"] if not written else []) + [
+        f"EyePACS layout:        {paths.eyepacs}", f"DiaretDB1 v2.1 layout: {paths.diaretdb1}",
+        f"DiaretDB1 v1.1 layout: {paths.diaretdb1_v1}", f"per-image grades:      {paths.images_csv}"]
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 @prepare_app.command("eyepacs")
@@ -59,4 +56,4 @@ def prepare_eyepacs_command(
     except BAD_INPUT as error:
         fail(error)
     colour = "red" if summary.failed else "green"
-    Console(soft_wrap=True).print(f"[{colour}]{summary}[/{colour}]", highlight=False)
+    console.print(f"[{colour}]{summary}[/{colour}]", highlight=False, soft_wrap=True)

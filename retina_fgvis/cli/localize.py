@@ -6,27 +6,9 @@ from typing import Optional
 
 import typer
 
-from retina_fgvis._io import locked_folder
 from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
 from retina_fgvis.localize import LocalizeConfig, localize, run_complete
-
-_SCORE_TIMEOUT = 120.0  # seconds: scoring a finished run takes well under a minute
-
-
-def score_and_report(out: str | Path, *, progress: bool = True) -> tuple[dict, Path]:
-    """Merge step: score a finished run folder (``summary.json``), print its table, write ``report.html``.
-
-    Holds the run folder's lock (waiting for a shard that finished at the same moment to be done with it).
-    """
-    from retina_fgvis.evaluation.localization import score_run, summary_table
-    from retina_fgvis.evaluation.report import write_report
-
-    with locked_folder(out, timeout=_SCORE_TIMEOUT):
-        summary = score_run(out, progress=progress)
-        console.print(summary_table(summary))
-        report = write_report(out)
-    return summary, report
-
+from retina_fgvis.pipelines import score_and_report
 
 @app.command("localize")
 def localize_command(

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from retina_fgvis.cli._app import BAD_INPUT, app, fail
+from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
 
 
 class DatasetChoice(str, Enum):
@@ -53,7 +52,6 @@ def train_command(
     """Train the fundus CNN (RDR vs non-RDR) with MONAI; works under torchrun for several GPUs."""
     from retina_fgvis.training import TrainConfig, train
 
-    console = Console()
     config = TrainConfig(dataset=dataset.value, data_dir=data_dir, out=out, epochs=epochs, image_size=image_size,
                          batch_size=batch_size, lr=lr, width=width, layout=layout.value,
                          label_smoothing=label_smoothing, device=device, resume=resume, seed=seed,

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retina_fgvis.cli import app
-from retina_fgvis.cli.demo import run_control, run_demo
+from retina_fgvis.pipelines import run_control, run_demo
 
 
 def test_tiny_demo_writes_comparison_and_report(tmp_path):
