@@ -44,7 +44,6 @@ def test_localize_is_refused_while_another_process_holds_the_folder(synthetic_da
     assert snapshot(out) == before
 
 
-@pytest.mark.slow
 def test_two_concurrent_localize_processes_one_runs_the_other_is_refused(synthetic_data, trained_checkpoint,
                                                                          tmp_path):
     out = tmp_path / "run"

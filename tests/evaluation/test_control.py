@@ -41,7 +41,6 @@ def test_known_evidence_splits_the_deciding_type_from_the_others(tmp_path):
         known_evidence(result, "optic_disc:1")
 
 
-@pytest.mark.slow
 def test_fgvis_finds_the_deciding_lesion_type_well_above_chance(control_data, control_checkpoint, tmp_path):
     """The paper's medical protocol (LocalizeConfig's defaults) on a model that can only use hard exudates."""
     from retina_fgvis.evaluation.localization import score_run
