@@ -3,7 +3,7 @@ localize's merge step (score a finished run, write its report).
 
 The CLI commands (``demo``, ``localize``) parse options and call these; a notebook can call them too.
 :func:`run_demo` builds the set, trains a small classifier, localizes the lesions with FGVis and with
-Grad-CAM, scores and compares both, and writes the HTML report (measured: 16.8 min on two shared CPU
+Grad-CAM, scores and compares both, and writes the HTML report (measured: 8.8 min on two shared CPU
 cores, docs/localize.md). :func:`run_control` is the known-evidence control (docs/evaluation.md): a set
 whose label one lesion type decides, a classifier trained on it, FGVis on its test images and the
 explainer's sensitivity on the deciding type against the independent types and chance.
