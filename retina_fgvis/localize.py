@@ -230,8 +230,9 @@ def _sha256(path: Path) -> str:
 
 
 def _device(config: LocalizeConfig) -> torch.device:
-    if config.device in (None, "auto") and torch.cuda.is_available() and torchrun_place().world_size > 1:
-        return torch.device("cuda", torchrun_place().local_rank)
+    place = torchrun_place()
+    if config.device in (None, "auto") and torch.cuda.is_available() and place.world_size > 1:
+        return torch.device("cuda", place.local_rank)
     return resolve_device(config.device)
 
 

@@ -626,8 +626,9 @@ def create_synthetic_set(out: str | os.PathLike, *, n_train: int, n_test: int, s
                              if stored.get(key) != value]
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 raise ValueError(f"out: {marker} is not a synthetic set record; choose another folder") from None
-            if str(read_label_rule(out)) != str(rule):
-                differing.append(f"label_rule {str(read_label_rule(out))!r} vs {str(rule)!r}")
+            recorded = str(read_label_rule(out))
+            if recorded != str(rule):
+                differing.append(f"label_rule {recorded!r} vs {str(rule)!r}")
             if differing:
                 raise ValueError(f"out: {out} holds another synthetic set ({', '.join(differing)}); "
                                  f"choose another folder or delete it")
