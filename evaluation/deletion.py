@@ -37,11 +37,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from retina_fgvis._io import atomic_save_figure, atomic_write_csv, write_run_info
+from retina_fgvis._io import atomic_save_figure, atomic_write_csv
 from retina_fgvis.attribution.gradcam import resolve_targets
 from retina_fgvis.checks import check_int
 from retina_fgvis.fgvis import FGVis, RelativeScoreBelow, lambda_grid, make_reference, model_guard
 from retina_fgvis.models.imagenet import as_imagenet_model, image_names
+from retina_fgvis.runs import RunFolder
 from retina_fgvis.runtime import progress_bar
 
 __all__ = ["DeletionCurve", "InsertionCurve", "PerturbationCurve", "DELETION_METHODS", "deletion_study",
@@ -271,7 +272,7 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
         fractions: curve schedule (default :func:`paper_fractions`, 176 points).
         image_batch: images explained and scored together; ``batch_size``: perturbed images per forward.
         out_dir: when given, writes ``deletion.csv`` (one row per image and method), ``curves.csv`` (mean
-            and std of each method's curves over the images), ``deletion_curves.png`` and ``run.json``.
+            and std of each method's curves over the images), ``deletion_curves.png`` and ``deletion_run.json``.
 
     Returns:
         DataFrame with columns image, method, target, target_name, p_clean, deletion_auc,
@@ -331,15 +332,18 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
     frame = pd.DataFrame(rows)
     frame.attrs["curves"] = _curve_table(metrics)
     if out_dir is not None:
-        out = Path(out_dir)
-        atomic_write_csv(out / "deletion.csv", frame)
-        atomic_write_csv(out / "curves.csv", frame.attrs["curves"])
-        plot_curves(frame.attrs["curves"], out / "deletion_curves.png", title=f"{model.name} ({substrate} substrate)")
-        write_run_info(out, {"study": "deletion", "model": model.name, "weights": model.weights,
-                             "image_size": model.image_size, "methods": list(methods), "substrate": substrate,
-                             "points": int(metrics[methods[0], "deletion"].removed_fraction.numel()),
-                             "lr": lr, "max_iter": max_iter, "stop_fraction": stop_fraction,
-                             "occlusion_window": window, "seed": seed, "images": names})
+        record = RunFolder.study(out_dir, "deletion")
+        config = {"study": "deletion", "model": model.name, "weights": model.weights,
+                  "image_size": model.image_size, "methods": list(methods), "substrate": substrate,
+                  "points": int(metrics[methods[0], "deletion"].removed_fraction.numel()),
+                  "lr": lr, "max_iter": max_iter, "stop_fraction": stop_fraction,
+                  "occlusion_window": window, "seed": seed, "images": names}
+        record.claim(config, exclusive=False)
+        atomic_write_csv(record.path / "deletion.csv", frame)
+        atomic_write_csv(record.path / "curves.csv", frame.attrs["curves"])
+        plot_curves(frame.attrs["curves"], record.path / "deletion_curves.png",
+                    title=f"{model.name} ({substrate} substrate)")
+        record.write_info(config)
     return frame
 
 

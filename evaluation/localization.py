@@ -2,7 +2,7 @@
 
 Protocol (stated in full in ``docs/evaluation.md``; the paper leaves it open):
 
-* **Binarization.** Each importance map (H×W, high = important) is binarized at the run's seed
+* **Binarization.** Each importance map (H×W, high = important) is binarized at the run's own
   threshold, ``importance ≥ threshold · max`` (default 4 %), and restricted to the field of view (FOV).
 * **Lesions.** For each lesion type, a lesion is an 8-connected component of the consensus mask
   (``skimage.measure.label``, connectivity 2). It is *hit* when the binarized mask, dilated by
@@ -24,7 +24,6 @@ The metrics are small stateful objects (``update`` per image, ``summary`` pooled
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import zlib
@@ -42,14 +41,11 @@ from retina_fgvis._io import atomic_write_csv, atomic_write_json
 from retina_fgvis.binarize import binarize_relative, check_threshold
 from retina_fgvis.datasets import LESION_TYPES, open_diaretdb1
 from retina_fgvis.evaluation.bootstrap import LEVEL, N_RESAMPLES, pooled_ratio_interval, resample_images
+from retina_fgvis.runs import RunFolder, RunFolderError, RunKind
 from retina_fgvis.runtime import progress_bar
 
 #: Smallest rotation of the chance control, in degrees (a near-zero angle would not be chance).
 CHANCE_MIN_ANGLE = 45.0
-
-
-class RunFolderError(ValueError):
-    """A run folder is missing, incomplete or not written by ``retina_fgvis.localize``; names the path."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,13 +271,18 @@ class LocalizationScorer:
 class LocalizationRun:
     """Read-only view of a run folder written by :func:`retina_fgvis.localize.localize`.
 
-    Layout: ``run.json`` (``{"config": {...}}``), ``images/<id>/maps.npz`` (``importance`` H×W float)
-    and ``images/<id>/record.json``. Only images with both files are finished and scored.
+    Layout (:class:`~retina_fgvis.runs.RunFolder`, docs/run-folders.md): ``run.json``,
+    ``images/<id>/maps.npz`` (``importance`` H×W float) and ``images/<id>/record.json``. Only images
+    with both files are finished and scored.
     """
 
-    path: Path
+    folder: RunFolder
     config: dict[str, Any]
     image_ids: tuple[str, ...]
+
+    @property
+    def path(self) -> Path:
+        return self.folder.path
 
     @property
     def n_unfinished(self) -> int:
@@ -293,19 +294,15 @@ class LocalizationRun:
         return str(self.config.get("method", self.path.name))
 
     def image_dir(self, image_id: str) -> Path:
-        return self.path / "images" / image_id
+        return self.folder.item_dir(image_id)
 
     def record(self, image_id: str) -> dict[str, Any]:
-        return _read_json(self.image_dir(image_id) / "record.json")
+        return self.folder.item_record(image_id)
 
     def importance(self, image_id: str) -> np.ndarray:
         """The H×W float32 importance map (high = important)."""
         path = self.image_dir(image_id) / "maps.npz"
-        try:
-            with np.load(path) as maps:
-                importance = np.asarray(maps["importance"], dtype=np.float32)
-        except (OSError, ValueError, KeyError) as error:
-            raise RunFolderError(f"{path}: cannot read the importance map ({error})") from None
+        importance = self.folder.read_map(image_id, "importance").astype(np.float32)
         if importance.ndim != 2:
             raise RunFolderError(f"{path}: importance must be H×W, got shape {importance.shape}")
         size = self.config.get("image_size")
@@ -318,7 +315,7 @@ class LocalizationRun:
         """The relative binarization threshold of one image: its record's, else the run config's."""
         record = self.record(image_id) if record is None else record
         value = record.get("threshold", self.config.get("threshold"))
-        source = self.image_dir(image_id) / "record.json" if "threshold" in record else self.path / "run.json"
+        source = self.image_dir(image_id) / "record.json" if "threshold" in record else self.folder.record_path
         if value is None:
             raise RunFolderError(f"{source}: no binarization threshold recorded")
         try:
@@ -327,34 +324,18 @@ class LocalizationRun:
             raise RunFolderError(f"{source}: {error}") from None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunFolderError(f"{path}: file not found") from None
-    except (OSError, ValueError) as error:
-        raise RunFolderError(f"{path}: not readable JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise RunFolderError(f"{path}: expected a JSON object")
-    return data
-
-
 def open_run(run_dir: str | os.PathLike) -> LocalizationRun:
-    """Open a localization run folder; :class:`RunFolderError` naming the path if it is not one."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise RunFolderError(f"run folder {path}: does not exist or is not a folder")
-    info = _read_json(path / "run.json")
-    if not isinstance(info.get("config"), dict):
-        raise RunFolderError(f"{path / 'run.json'}: not a localization run (no 'config' object)")
-    images = path / "images"
-    finished = sorted(
-        entry.name for entry in images.iterdir()
-        if (entry / "maps.npz").is_file() and (entry / "record.json").is_file()
-    ) if images.is_dir() else []
+    """Open a localization run folder (also one written before run records had a kind);
+    :class:`RunFolderError` naming the path if it is not one."""
+    folder = RunFolder(run_dir, RunKind.LOCALIZE, name="run")
+    try:
+        info = folder.info()
+    except RunFolderError as error:
+        raise RunFolderError(f"{error}; not a localization run") from None
+    finished = folder.finished_items()
     if not finished:
-        raise RunFolderError(f"run folder {path}: no finished images under {images}")
-    return LocalizationRun(path=path, config=info["config"], image_ids=tuple(finished))
+        raise RunFolderError(f"run folder {folder.path}: no finished images under {folder.path / 'images'}")
+    return LocalizationRun(folder=folder, config=info.config, image_ids=tuple(finished))
 
 
 def diaretdb1_root(data_dir: str | os.PathLike, kind: str = "diaretdb1") -> Path:

@@ -23,7 +23,8 @@ import pandas as pd
 
 from retina_fgvis.evaluation.compare import OVERLAP_NAMES, overlap_lines, read_comparison
 from retina_fgvis.evaluation.froc import SWEEPS
-from retina_fgvis.evaluation.localization import RunFolderError, percent, with_interval
+from retina_fgvis.evaluation.localization import percent, with_interval
+from retina_fgvis.runs import RunFolder, RunFolderError, RunKind
 from retina_fgvis._io import atomic_write_text
 from retina_fgvis.localize import FULL_RESOLUTION_OVERLAY
 from retina_fgvis.viz import DETECTION_COLOUR, LESION_COLOURS, LESION_NAMES, heatmap, thumbnail
@@ -124,7 +125,8 @@ def _read_rgb(path: Path) -> np.ndarray:
 def _pictures(run_dir: Path, image_id: str, embed: bool, base: Path) -> tuple[str, str] | None:
     """(thumbnail src, full-size src) of one image's overlay; the importance heat map if there is no
     overlay; ``None`` when the run has neither for this image."""
-    folder = run_dir / "images" / image_id
+    run = RunFolder(run_dir, RunKind.LOCALIZE, name="run")
+    folder = run.item_dir(image_id)
     overlay, thumb = folder / "overlay.png", folder / "overlay_thumb.png"
     if overlay.is_file():
         full_src = _file_src(overlay, embed, base)
@@ -132,8 +134,7 @@ def _pictures(run_dir: Path, image_id: str, embed: bool, base: Path) -> tuple[st
             thumbnail(_read_rgb(overlay), THUMB_SIZE))
         return thumb_src, full_src
     if (folder / "maps.npz").is_file():
-        with np.load(folder / "maps.npz") as maps:
-            heat = heatmap(np.asarray(maps["importance"], dtype=np.float32))
+        heat = heatmap(run.read_map(image_id, "importance").astype(np.float32))
         return _png_uri(thumbnail(heat, THUMB_SIZE)), _png_uri(heat)
     return None
 
@@ -141,9 +142,10 @@ def _pictures(run_dir: Path, image_id: str, embed: bool, base: Path) -> tuple[st
 def _run_config(run: Path) -> dict[str, Any]:
     """The run's recorded config, ``{}`` when run.json is missing or unreadable (the report only decorates with it)."""
     try:
-        return dict(json.loads((run / "run.json").read_text(encoding="utf-8")).get("config", {}))
-    except (OSError, ValueError, AttributeError):
+        info = RunFolder(run, RunKind.LOCALIZE, name="run").read_info()
+    except RunFolderError:
         return {}
+    return {} if info is None else dict(info.config)
 
 
 def _load_comparison(comparison: Mapping[str, Any] | str | os.PathLike | None) -> Mapping[str, Any] | None:
@@ -338,7 +340,7 @@ def _image_rows(run_dir: Path, frame: pd.DataFrame, lesion_types: list[str], oth
             alt = escape(f"{image_id} {label}".strip())
             picture = f'<img class="thumb" src="{pictures[0]}" data-full="{pictures[1]}" alt="{alt}" loading="eager">'
             # The photograph-size overlay is linked, never embedded: several MB each, and browsers do not open data URIs.
-            full_resolution = folder / "images" / str(image_id) / FULL_RESOLUTION_OVERLAY
+            full_resolution = RunFolder(folder, RunKind.LOCALIZE).item_dir(str(image_id)) / FULL_RESOLUTION_OVERLAY
             if full_resolution.is_file():
                 href = escape(Path(os.path.relpath(full_resolution, run_dir)).as_posix())
                 picture = f'<a href="{href}" target="_blank" title="full resolution">{picture}</a>'

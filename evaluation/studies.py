@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from retina_fgvis._io import atomic_write_csv, write_run_info
+from retina_fgvis._io import atomic_write_csv
 from retina_fgvis.checks import check_int
 from retina_fgvis.fgvis import ClassShift, FGVis, make_reference
 from retina_fgvis.models.imagenet import as_imagenet_model
+from retina_fgvis.runs import RunFolder
 from retina_fgvis.runtime import progress_bar
 
 __all__ = ["COLOUR_SWAPS", "IMAGE_EXTENSIONS", "adversarial_evidence", "adversarial_table", "colour_swap",
@@ -40,8 +41,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def _write(frame: pd.DataFrame, out_dir, name: str, config: dict) -> None:
     if out_dir is not None:
-        atomic_write_csv(Path(out_dir) / f"{name}.csv", frame)
-        write_run_info(out_dir, config, name=f"{name}_run.json")
+        record = RunFolder.study(out_dir, name)
+        record.claim(config, exclusive=False)  # the same study with other settings is refused, not overwritten
+        atomic_write_csv(record.path / f"{name}.csv", frame)
+        record.write_info(config)
 
 
 # ---------------------------------------------------------------------------------------------- A1

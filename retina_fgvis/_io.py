@@ -245,39 +245,6 @@ def environment_info() -> dict[str, str]:
     return info
 
 
-def check_run_folder(out: str | os.PathLike, config: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> None:
-    """Refuse an output folder holding anything but the run ``config`` describes (before anything is written).
-
-    ``out`` must be new, empty (temporary and lock files aside), or hold a ``run.json`` whose config equals
-    ``config`` on every key but those in ``ignore`` (that run is then resumed or rewritten with the same results).
-    """
-    out = Path(out)
-    info_path = out / "run.json"
-    if info_path.is_file():
-        try:
-            previous = json.loads(info_path.read_text(encoding="utf-8"))["config"]
-            wanted = json.loads(json.dumps(_finite(config), default=_json_default))  # as run.json holds it
-            differing = sorted(key for key in set(previous) | set(wanted)
-                               if key not in ignore and previous.get(key) != wanted.get(key))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            raise ValueError(f"out: {info_path} is not a run record of this command; choose another output "
-                             f"folder") from None
-        if differing:
-            shown = ", ".join(f"{key} {previous.get(key)!r} vs {config.get(key)!r}"
-                              for key in differing if key not in ("image_ids", "images"))
-            raise ValueError(f"out: {out} holds another run's results ({shown or 'different images'}); "
-                             f"choose another output folder or delete it")
-    elif out.exists() and not out.is_dir():
-        raise ValueError(f"out: {out} is a file, not a folder")
-    elif out.exists() and any(not is_housekeeping(entry) for entry in out.iterdir()):
-        raise ValueError(f"out: {out} is not empty and holds no run.json; choose an empty or new folder")
-
-
-def write_run_info(out_dir: str | os.PathLike, config: dict[str, Any], name: str = "run.json") -> Path:
-    """Record the config, seed and versions that produced a run folder."""
-    return atomic_write_json(Path(out_dir) / name, {"config": config, "environment": environment_info()})
-
-
 def atomic_save_figure(figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     """Save a matplotlib figure through a temporary file.
 

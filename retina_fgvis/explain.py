@@ -37,11 +37,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from retina_fgvis._io import (atomic_save_figure, atomic_save_npz, atomic_write_csv, atomic_write_json,
-                              check_run_folder, locked_folder, write_run_info)
+from retina_fgvis._io import atomic_save_figure, atomic_save_npz, atomic_write_csv, atomic_write_json
 from retina_fgvis.fgvis import ClassShift, FGVis, RelativeScoreBelow, lambda_grid
 from retina_fgvis.fgvis.games import game_spec
 from retina_fgvis.models.imagenet import ImageNetModel, as_imagenet_model, image_names
+from retina_fgvis.runs import RunFolder, RunKind
 
 __all__ = ["Explanation", "ImageExplanations", "explain", "plot_explanations", "results_table"]
 
@@ -127,8 +127,7 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
                          for image, name in zip(images, names)]}
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
-            stack.enter_context(locked_folder(out_dir))
-            check_run_folder(out_dir, config)
+            stack.enter_context(RunFolder(out_dir, RunKind.EXPLAIN).writing(config))
         inputs = model.preprocess_batch(images)
         with torch.no_grad():
             clean = model.model(inputs).softmax(dim=1)
@@ -158,7 +157,7 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
                                             top_name=model.class_names[int(top[index])],
                                             top_score=float(clean[index, top[index]]), explanations=explanations))
         if out_dir is not None:
-            _write(output, Path(out_dir), game, config)
+            _write(output, Path(out_dir), game)
     return output
 
 
@@ -213,7 +212,7 @@ def _explanation(model: ImageNetModel, res, k: int, primary: bool) -> Explanatio
         explanation=model.to_pixels(res.explanation[k:k + 1])[0])
 
 
-def _write(results: list[ImageExplanations], out: Path, game: str, config: dict) -> None:
+def _write(results: list[ImageExplanations], out: Path, game: str) -> None:
     for item in results:
         folder = out / item.name
         stack = {key: np.stack([getattr(exp, key) for exp in item.explanations]).astype(np.float32)
@@ -224,4 +223,3 @@ def _write(results: list[ImageExplanations], out: Path, game: str, config: dict)
     table = results_table(results)
     atomic_write_csv(out / "results.csv", table)
     atomic_write_json(out / "results.json", table.to_dict(orient="records"))
-    write_run_info(out, config)

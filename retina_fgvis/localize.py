@@ -19,9 +19,9 @@ H×W is the classifier's input resolution. Every file is written atomically and 
 so an image is finished exactly when its ``record.json`` exists; a rerun skips finished images and a
 killed run loses nothing. The sorted split is cut into batches of ``batch_size`` images; sharding
 (``shard="i/n"`` or torchrun's ``RANK``/``WORLD_SIZE``) gives process i the batches ``i, i+n, i+2n, …``.
-Shards write into the same folder, each holding the lock of its shard (:func:`~retina_fgvis._io.locked_folder`;
-a second process for the same shard is refused), and the scoring, run once every image is finished
-(:func:`run_complete`), merges them. As an image is always computed in the same batch, its result
+Shards write into the same folder, each holding the lock of its shard (a second process for the same
+shard is refused; :meth:`retina_fgvis.runs.RunFolder.writing`), and the scoring, run once every image is
+finished (:func:`run_complete`), merges them. As an image is always computed in the same batch, its result
 does not depend on how the work was sharded or resumed.
 
 FGVis (default) uses the paper's medical settings (supplementary A4.2): deletion game on the RDR class,
@@ -42,7 +42,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import json
 import os
 import time
 import warnings
@@ -53,13 +52,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from retina_fgvis._io import (atomic_save_npz, atomic_write_json, atomic_write_png, check_run_folder, locked_folder,
-                              remove_temporaries, write_run_info)
+from retina_fgvis._io import atomic_write_png
 from retina_fgvis.binarize import PAPER_THRESHOLD, binarize_relative, check_threshold
 from retina_fgvis.checks import check_int, check_number
+from retina_fgvis.runs import RunFolder, RunKind
 from retina_fgvis.runtime import progress_bar, resolve_device, torchrun_place
 
-__all__ = ["LocalizeConfig", "localize", "StopNotReachedWarning", "run_complete", "shard_batches", "parse_shard", "open_dataset",
+__all__ = ["LocalizeConfig", "localize", "StopNotReachedWarning", "run_complete", "run_folder", "shard_batches", "parse_shard", "open_dataset",
            "full_resolution_overlay", "FULL_RESOLUTION_OVERLAY", "METHODS", "DATASETS", "SPLITS"]
 
 METHODS = ("fgvis", "gradcam", "gradcampp", "gradient", "smoothgrad", "occlusion", "random")
@@ -74,8 +73,6 @@ _RUNTIME_KEYS = ("out", "device", "shard", "progress")
 # Recorded in run.json but not compared: the checkpoint is identified by its SHA-256. The data folder is
 # compared (the ground truth the run is scored against), so shards must see it under the same path.
 _PATH_KEYS = ("checkpoint",)
-# Seconds a shard waits for another shard to finish claiming the folder (checking or writing run.json).
-_CLAIM_TIMEOUT = 30.0
 
 
 class StopNotReachedWarning(UserWarning):
@@ -267,14 +264,14 @@ def _run_config(config: LocalizeConfig, checkpoint: Path, image_ids: list[str], 
     return record
 
 
+def run_folder(out: str | os.PathLike) -> RunFolder:
+    """The run folder a localize run writes (:class:`~retina_fgvis.runs.RunFolder` of kind ``localize``)."""
+    return RunFolder(out, RunKind.LOCALIZE)
+
+
 def run_complete(out: str | os.PathLike) -> bool:
     """Whether every image listed in ``out/run.json`` has its ``record.json`` (all shards done)."""
-    out = Path(out)
-    try:
-        image_ids = json.loads((out / "run.json").read_text(encoding="utf-8"))["config"]["image_ids"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    return all((out / "images" / image_id / "record.json").is_file() for image_id in image_ids)
+    return run_folder(out).is_complete()
 
 
 def _explainer(config: LocalizeConfig, classifier) -> Callable[[torch.Tensor, int], _Explanation]:
@@ -355,7 +352,7 @@ def full_resolution_overlay(dataset, sample, detection: np.ndarray) -> np.ndarra
     return overlay_lesions(native.image, native.lesions, sample.geometry.to_photograph(detection) & native.fov)
 
 
-def _write_image(folder: Path, image_id: str, sample, explanation: _Explanation, row: int,
+def _write_image(run: RunFolder, folder: Path, image_id: str, sample, explanation: _Explanation, row: int,
                  config: LocalizeConfig, seconds: float, dataset) -> None:
     from retina_fgvis.viz import overlay_lesions, thumbnail
 
@@ -365,13 +362,13 @@ def _write_image(folder: Path, image_id: str, sample, explanation: _Explanation,
     if explanation.mask is not None:
         arrays["mask"] = explanation.mask[row].numpy().astype(np.float16)
         arrays["mean_mask"] = explanation.mean_mask[row, 0].numpy().astype(np.float32)
-    atomic_save_npz(folder / "maps.npz", **arrays)
+    run.save_maps(image_id, **arrays)
     detection = binary & np.asarray(sample.fov, bool)
     overlay = overlay_lesions(sample.image, sample.lesions, detection)
     atomic_write_png(folder / "overlay.png", overlay)
     atomic_write_png(folder / "overlay_thumb.png", thumbnail(overlay))
     atomic_write_png(folder / FULL_RESOLUTION_OVERLAY, full_resolution_overlay(dataset, sample, detection))
-    atomic_write_json(folder / "record.json", {
+    run.write_item_record(image_id, {
         "image_id": image_id,
         "method": config.method,
         "prob_before": _value(explanation.prob_before, row, float),
@@ -406,29 +403,22 @@ def localize(config: LocalizeConfig) -> Path:
     all_ids = list(dataset.image_ids(config.split))
     if not all_ids:
         raise ValueError(f"split: no {config.split!r} images in {config.data_dir}")
-    out = Path(config.out)
+    run = run_folder(config.out)
     run_config = _run_config(config, checkpoint, all_ids, classifier)
     shard = _resolve_shard(config.shard)
-    # A process holds its part of the folder (the whole run, or its shard) until it returns; the folder's
-    # identity is checked and run.json written under the whole folder's lock, which shards take in turn.
-    with locked_folder(out, scope=None if shard is None else f"shard-{shard[0]}-of-{shard[1]}") as lock:
-        with locked_folder(out, timeout=0 if shard is None else _CLAIM_TIMEOUT):
-            check_run_folder(out, run_config, ignore=_PATH_KEYS)
-            if not (out / "run.json").is_file():
-                write_run_info(out, run_config)
-        _explain_batches(config, classifier, dataset, shard_batches(all_ids, config.batch_size, shard), lock)
-    return out
+    # A process holds its part of the folder (the whole run, or its shard) until it returns.
+    with run.writing(run_config, ignore=_PATH_KEYS, shard=shard) as lock:
+        _explain_batches(config, classifier, dataset, shard_batches(all_ids, config.batch_size, shard), run, lock)
+    return run.path
 
 
-def _explain_batches(config: LocalizeConfig, classifier, dataset, batches: list[list[str]], lock) -> None:
-    """Explain and write the unfinished images of ``batches`` into ``config.out`` (held by ``lock``)."""
-    out = Path(config.out)
+def _explain_batches(config: LocalizeConfig, classifier, dataset, batches: list[list[str]], run: RunFolder,
+                     lock) -> None:
+    """Explain and write the unfinished images of ``batches`` into ``run`` (held by ``lock``)."""
     explain = _explainer(config, classifier)
     target = int(classifier.meta["positive_class"])
     graham = bool(classifier.meta.get("graham", False))
-
-    def finished(image_id: str) -> bool:
-        return (out / "images" / image_id / "record.json").is_file()
+    finished = run.is_finished
 
     total = sum(len(batch) for batch in batches)
     bar = progress_bar()
@@ -448,20 +438,18 @@ def _explain_batches(config: LocalizeConfig, classifier, dataset, batches: list[
             seconds = (time.perf_counter() - tick) / len(batch)
             for row, (image_id, sample) in enumerate(zip(batch, samples)):
                 if image_id in pending:
-                    folder = out / "images" / image_id
-                    remove_temporaries(folder, lock)
-                    _write_image(folder, image_id, sample, explanation, row, config, seconds, dataset)
+                    folder = run.start_item(image_id, lock)
+                    _write_image(run, folder, image_id, sample, explanation, row, config, seconds, dataset)
             done += len(pending)
             rate = done / (time.perf_counter() - started)
             bar.update(task, advance=len(pending), status=f"{rate:.2f} img/s")
     if config.method == "fgvis":
-        _warn_if_most_failed(out, [image_id for batch in batches for image_id in batch], config.stop_score)
+        _warn_if_most_failed(run, [image_id for batch in batches for image_id in batch], config.stop_score)
 
 
-def _warn_if_most_failed(out: Path, image_ids: list[str], stop_score: float) -> None:
+def _warn_if_most_failed(run: RunFolder, image_ids: list[str], stop_score: float) -> None:
     """One :class:`StopNotReachedWarning` when more than half of this process's images missed the stop."""
-    outcomes = [json.loads((out / "images" / i / "record.json").read_text(encoding="utf-8")).get("success")
-                for i in image_ids]
+    outcomes = [run.item_record(image_id).get("success") for image_id in image_ids]
     failed = sum(outcome is False for outcome in outcomes)
     if failed * 2 > len(outcomes):
         warnings.warn(StopNotReachedWarning(

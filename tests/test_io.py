@@ -9,8 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from retina_fgvis._io import (FolderBusyError, atomic_write_json, check_run_folder, locked_folder,
-                              remove_temporaries)
+from retina_fgvis._io import FolderBusyError, atomic_write_json, locked_folder, remove_temporaries
 
 def test_a_second_process_is_refused_with_the_holder_named(tmp_path, hold_folder):
     child = hold_folder(tmp_path / "out")
@@ -80,15 +79,3 @@ def test_json_never_holds_nan(tmp_path):
     text = path.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"x": None, "y": [None, 1.5], "z": [1.0, None]}
-
-
-def test_run_folder_identity(tmp_path):
-    check_run_folder(tmp_path / "new", {"a": 1})
-    atomic_write_json(tmp_path / "run.json", {"config": {"a": 1, "p": "/x", "t": [1, 2]}})
-    check_run_folder(tmp_path, {"a": 1, "p": "/y", "t": (1, 2)}, ignore=("p",))
-    with pytest.raises(ValueError, match=r"holds another run's results \(a 1 vs 2\)"):
-        check_run_folder(tmp_path, {"a": 2, "p": "/x", "t": [1, 2]})
-    (tmp_path / "run.json").unlink()
-    (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not empty and holds no run.json"):
-        check_run_folder(tmp_path, {"a": 1})

@@ -20,15 +20,14 @@ from monai.transforms import (Compose, EnsureTyped, MapTransform, NormalizeInten
 from torch.utils.data import DistributedSampler
 
 from retina_fgvis.datasets.errors import DatasetError
-from retina_fgvis.datasets.eyepacs import load_eyepacs_table, patient_split
+from retina_fgvis.datasets.eyepacs import SPLIT_COLUMNS, load_eyepacs_table, patient_split, read_split
 from retina_fgvis.datasets.fundus import load_fundus
+from retina_fgvis.datasets.synthetic import SET_RECORD
 from retina_fgvis.training.config import TrainConfig
 
-__all__ = ["LoadFundusd", "SPLIT_COLUMNS", "compute_normalization", "load_split", "make_loaders",
+__all__ = ["LoadFundusd", "compute_normalization", "load_split", "make_loaders",
            "make_transforms", "prepare_split"]
 
-SYNTHETIC_MARKER = "synthetic.json"  # written last by generate_synthetic
-SPLIT_COLUMNS = ("image", "path", "level", "label", "patient", "eye", "split")
 #: Decoded images kept in memory at most (float32); larger sets are partly cached.
 CACHE_BYTES = 2 * 1024**3
 
@@ -80,8 +79,8 @@ def _eyepacs_root(config: TrainConfig) -> Path:
         raise ValueError(f"data_dir: {root} is not a folder")
     if config.dataset == "eyepacs":
         return root
-    if not (root / SYNTHETIC_MARKER).is_file():  # written last by generate_synthetic: the set is complete
-        raise DatasetError(root, f"no semi-synthetic set here (no {SYNTHETIC_MARKER}); create one with "
+    if not (root / SET_RECORD).is_file():  # written last by generate_synthetic: the set is complete
+        raise DatasetError(root, f"no semi-synthetic set here (no {SET_RECORD}); create one with "
                                  f"`retina-fgvis synth {root}`")
     return root / "eyepacs"
 
@@ -101,7 +100,8 @@ def _check_split(split: pd.DataFrame, source: str) -> None:
 
 
 def prepare_split(config: TrainConfig) -> pd.DataFrame:
-    """Read the dataset and split it by patient -> DataFrame with :data:`SPLIT_COLUMNS` (absolute paths).
+    """Read the dataset and split it by patient -> DataFrame with
+    :data:`~retina_fgvis.datasets.eyepacs.SPLIT_COLUMNS` (absolute paths).
 
     Raises ValueError (the reader's DatasetError included) for a folder not in the dataset's layout,
     an empty table, a split too small, or a split holding a single class.
@@ -117,11 +117,8 @@ def prepare_split(config: TrainConfig) -> pd.DataFrame:
 
 
 def load_split(path: str | Path) -> pd.DataFrame:
-    """Read a run's ``split.csv`` back (ValueError naming the file if columns are missing)."""
-    split = pd.read_csv(path, dtype={"image": str, "patient": str})
-    missing = [c for c in SPLIT_COLUMNS if c not in split.columns]
-    if missing:
-        raise ValueError(f"split file {path}: missing columns {missing}")
+    """Read a run's ``split.csv`` back (:func:`~retina_fgvis.datasets.eyepacs.read_split`) and check it can train."""
+    split = read_split(path)
     _check_split(split, f"split file {path}")
     return split
 

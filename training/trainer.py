@@ -16,7 +16,6 @@ killed at any moment resumes (``resume=True``) at the epoch after ``last.pt`` wi
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -31,9 +30,11 @@ from monai.handlers import LrScheduleHandler, ROCAUC, ValidationHandler, from_en
 from monai.transforms import Activationsd, AsDiscreted, Compose
 from torch import nn
 
-from retina_fgvis._io import FolderLock, atomic_write_csv, locked_folder, remove_temporaries, write_run_info
+from retina_fgvis._io import FolderLock, atomic_write_csv, locked_folder
+from retina_fgvis.datasets.eyepacs import write_split
 from retina_fgvis.models.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
 from retina_fgvis.models.fundus_cnn import FundusCNN
+from retina_fgvis.runs import RunFolder, RunKind
 from retina_fgvis.runtime import progress_bar, seed_everything
 from retina_fgvis.training.config import RESUMABLE_OVERRIDES, TrainConfig
 from retina_fgvis.training.data import compute_normalization, load_split, make_loaders, prepare_split
@@ -46,6 +47,8 @@ __all__ = ["RUN_FILES", "TrainResult", "train"]
 RUN_FILES = {"run": "run.json", "split": "split.csv", "metrics": "metrics.csv", "last": "last.pt",
              "best": "best.pt", "tensorboard": "tensorboard"}
 _RESULT_FILES = ("metrics", "last", "best")
+# Settings a resume may change (and where the folder is): not part of the run's identity in run.json.
+_NOT_COMPARED = (*RESUMABLE_OVERRIDES, "resume", "out")
 CLASS_NAMES = ["non-RDR", "RDR"]
 
 
@@ -82,19 +85,24 @@ def train(config: TrainConfig) -> TrainResult:
         return _train(config, ctx, lock)
 
 
-def _refuse_existing_run(out: Path) -> None:
-    found = [RUN_FILES[key] for key in _RESULT_FILES if (out / RUN_FILES[key]).exists()]
-    run_json = out / RUN_FILES["run"]
-    if not found and run_json.exists():
-        try:
-            is_training = json.loads(run_json.read_text())["config"]["task"] == "train"
-        except (ValueError, KeyError, TypeError):
-            is_training = False
-        if not is_training:
-            found.append(RUN_FILES["run"])
-    if found:
-        raise ValueError(f"out: {out} already holds a run ({', '.join(found)}); pass --resume to continue it "
-                         f"or choose another --out")
+def _claim(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The run's config (for a resume: the checkpoint's, with this call's overrides) and its checkpoint
+    payload (``None`` for a new run); refuses a folder holding another command's or another setting's run,
+    or, without ``resume``, a run that has results already."""
+    if config.resume:
+        config, payload = _resume_config(config)
+    else:
+        config, payload = config.resolved(), None
+        found = [RUN_FILES[key] for key in _RESULT_FILES if (Path(config.out) / RUN_FILES[key]).exists()]
+        if found:
+            raise ValueError(f"out: {config.out} already holds a run ({', '.join(found)}); pass --resume to continue "
+                             f"it or choose another --out")
+    _run_folder(config).claim(config.to_dict(), ignore=_NOT_COMPARED)
+    return config, payload
+
+
+def _run_folder(config: TrainConfig) -> RunFolder:
+    return RunFolder(config.out, RunKind.TRAIN)
 
 
 def _resume_config(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any]]:
@@ -156,50 +164,95 @@ def _tensorboard_handlers(out: Path, trainer: SupervisedTrainer, evaluator: Supe
     trainer.add_event_handler(Events.COMPLETED, lambda _: writer.close())
 
 
-def _train(config: TrainConfig, ctx: DistContext, lock: FolderLock | None) -> TrainResult:
-    started = time.perf_counter()
-    if config.resume:
-        config, payload = _resume_config(config)
-    else:
-        config, payload = config.resolved(), None
-        _refuse_existing_run(config.out)
-    out = Path(config.out)
-    paths = {key: out / name for key, name in RUN_FILES.items()}
+@dataclass
+class _Data:
+    """The run's split, normalisation and loaders."""
 
-    # Everything is validated before the first write.
-    if payload is not None and paths["split"].exists():
-        split = load_split(paths["split"])
-    else:
-        split = prepare_split(config)
-    train_rows = split[split["split"] == "train"]
+    split: pd.DataFrame
+    mean: list[float]
+    std: list[float]
+    train_loader: Any
+    val_loader: Any
+    train_dataset: Any
+
+    @property
+    def train_labels(self) -> pd.Series:
+        return self.split.loc[self.split["split"] == "train", "label"]
+
+
+def _build_data(config: TrainConfig, payload: dict[str, Any] | None, ctx: DistContext) -> _Data:
+    """A resumed run keeps its split and normalisation; a new one splits by patient and measures them."""
+    split_path = Path(config.out) / RUN_FILES["split"]
+    split = load_split(split_path) if payload is not None and split_path.exists() else prepare_split(config)
     if payload is not None:
         mean, std = list(payload["meta"]["mean"]), list(payload["meta"]["std"])
     else:
-        mean, std = compute_normalization(list(train_rows["path"]), config.image_size, config.graham,
-                                          config.norm_samples, config.seed)
-    train_loader, val_loader, train_ds = make_loaders(split, config, mean, std, rank=ctx.rank,
-                                                      world_size=ctx.world_size)
+        mean, std = compute_normalization(list(split.loc[split["split"] == "train", "path"]), config.image_size,
+                                          config.graham, config.norm_samples, config.seed)
+    loaders = make_loaders(split, config, mean, std, rank=ctx.rank, world_size=ctx.world_size)
+    return _Data(split, mean, std, *loaders)
 
+
+def _build_network(config: TrainConfig, payload: dict[str, Any] | None) -> nn.Module:
     seed_everything(config.seed)
     if payload is None:
-        network = FundusCNN(width=config.width, dropout=config.dropout, layout=config.layout,
-                            **config.network_options)
-    else:  # the architecture (and any mismatch with its weights) comes from the checkpoint itself
-        network = model_from_checkpoint(payload, paths["last"])
+        return FundusCNN(width=config.width, dropout=config.dropout, layout=config.layout, **config.network_options)
+    # The architecture (and any mismatch with its weights) comes from the checkpoint itself.
+    return model_from_checkpoint(payload, Path(config.out) / RUN_FILES["last"])
+
+
+def _write_run_start(config: TrainConfig, data: _Data, history: list[dict], resumed: bool, lock: FolderLock) -> None:
+    """Main process, before the first epoch: the split (new run) or the metrics up to ``last.pt`` (resume)."""
+    run = _run_folder(config)
+    if resumed:
+        run.clean(lock)
+        # Drops the row of an epoch trained after the last checkpoint (killed before saving it).
+        atomic_write_csv(run.path / RUN_FILES["metrics"], pd.DataFrame(history, columns=list(METRIC_COLUMNS)))
+    else:
+        write_split(data.split, run.path / RUN_FILES["split"])
+    run.write_info(config.to_dict())
+
+
+def _build_evaluator(network: nn.Module, data: _Data, device: torch.device, amp: bool) -> SupervisedEvaluator:
+    return SupervisedEvaluator(
+        device=device, val_data_loader=data.val_loader, network=unwrap_model(network), amp=amp,
+        postprocessing=Compose([Activationsd("pred", softmax=True), AsDiscreted("label", to_onehot=2)]),
+        key_val_metric={"val_auc": ROCAUC(output_transform=from_engine(["pred", "label"]))},
+        val_handlers=[OperatingPointHandler(positive_class=1)])
+
+
+def _checkpoint_writer(config: TrainConfig, data: _Data, network: nn.Module, optimizer, scheduler, amp: bool):
+    """``save(epoch, row, is_best, recorder, trainer)``: last.pt every epoch, best.pt when validation AUC improved."""
+    out = Path(config.out)
+    meta = {"image_size": config.image_size, "mean": data.mean, "std": data.std, "class_names": CLASS_NAMES,
+            "positive_class": 1, "graham": config.graham, "rdr_threshold": config.rdr_threshold,
+            "dataset": config.dataset}
+
+    def save(epoch: int, row: dict, is_best: bool, recorder: EpochRecorder, trainer: SupervisedTrainer) -> None:
+        extra = {"scheduler": scheduler.state_dict(), "best_auc": recorder.best_auc,
+                 "best_epoch": recorder.best_epoch, "scaler": trainer.scaler.state_dict() if amp else None}
+        kwargs = {"optimizer": optimizer, "epoch": epoch, "config": config.to_dict(), "metrics": row, "extra": extra}
+        epoch_meta = {**meta, "operating_point": row["operating_point"]}
+        if is_best:
+            save_checkpoint(out / RUN_FILES["best"], network, epoch_meta, **kwargs)
+        save_checkpoint(out / RUN_FILES["last"], network, epoch_meta, **kwargs)
+    return save
+
+
+def _train(config: TrainConfig, ctx: DistContext, lock: FolderLock | None) -> TrainResult:
+    started = time.perf_counter()
+    # Everything is validated before the first write.
+    config, payload = _claim(config)
+    out = Path(config.out)
+    data = _build_data(config, payload, ctx)
+    network = _build_network(config, payload)
     optimizer = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(config.epochs))
     start_epoch, history, best = 0, [], (-1.0, 0)
     if payload is not None:
-        start_epoch, history, best = _restore(payload, optimizer, scheduler, config.epochs, paths["metrics"])
-
+        start_epoch, history, best = _restore(payload, optimizer, scheduler, config.epochs, out / RUN_FILES["metrics"])
     if ctx.is_main:
-        if payload is None:
-            atomic_write_csv(paths["split"], split)
-        else:
-            remove_temporaries(out, lock)
-            # Drops the row of an epoch trained after the last checkpoint (killed before saving it).
-            atomic_write_csv(paths["metrics"], pd.DataFrame(history, columns=list(METRIC_COLUMNS)))
-        write_run_info(out, {"task": "train", **config.to_dict()})
+        _write_run_start(config, data, history, payload is not None, lock)
     ctx.barrier()
 
     device = ctx.device
@@ -208,35 +261,18 @@ def _train(config: TrainConfig, ctx: DistContext, lock: FolderLock | None) -> Tr
         network = nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
     amp = config.amp and device.type == "cuda"
-    loss_function = nn.CrossEntropyLoss(weight=_class_weights(train_rows["label"]).to(device),
+    loss_function = nn.CrossEntropyLoss(weight=_class_weights(data.train_labels).to(device),
                                         label_smoothing=config.label_smoothing)
-    epoch_length = len(train_loader) if config.steps_per_epoch is None else min(config.steps_per_epoch,
-                                                                                len(train_loader))
-
-    evaluator = SupervisedEvaluator(
-        device=device, val_data_loader=val_loader, network=unwrap_model(network), amp=amp,
-        postprocessing=Compose([Activationsd("pred", softmax=True), AsDiscreted("label", to_onehot=2)]),
-        key_val_metric={"val_auc": ROCAUC(output_transform=from_engine(["pred", "label"]))},
-        val_handlers=[OperatingPointHandler(positive_class=1)])
-    meta = {"image_size": config.image_size, "mean": mean, "std": std, "class_names": CLASS_NAMES,
-            "positive_class": 1, "graham": config.graham, "rdr_threshold": config.rdr_threshold,
-            "dataset": config.dataset}
-
-    def save(epoch: int, row: dict, is_best: bool) -> None:
-        extra = {"scheduler": scheduler.state_dict(), "best_auc": recorder.best_auc,
-                 "best_epoch": recorder.best_epoch, "scaler": trainer.scaler.state_dict() if amp else None}
-        kwargs = {"optimizer": optimizer, "epoch": epoch, "config": config.to_dict(), "metrics": row,
-                  "extra": extra}
-        epoch_meta = {**meta, "operating_point": row["operating_point"]}
-        if is_best:
-            save_checkpoint(paths["best"], network, epoch_meta, **kwargs)
-        save_checkpoint(paths["last"], network, epoch_meta, **kwargs)
-
-    recorder = EpochRecorder(evaluator, paths["metrics"], save, is_main=ctx.is_main, history=history,
-                             best_auc=best[0], best_epoch=best[1])
+    epoch_length = len(data.train_loader) if config.steps_per_epoch is None else min(config.steps_per_epoch,
+                                                                                     len(data.train_loader))
+    evaluator = _build_evaluator(network, data, device, amp)
+    save = _checkpoint_writer(config, data, network, optimizer, scheduler, amp)
+    recorder = EpochRecorder(evaluator, out / RUN_FILES["metrics"],
+                             lambda epoch, row, is_best: save(epoch, row, is_best, recorder, trainer),
+                             is_main=ctx.is_main, history=history, best_auc=best[0], best_epoch=best[1])
     # Order matters at EPOCH_COMPLETED: stop a diverged run, give every rank the model rank 0 saves, step the
     # schedule, validate, then record and save.
-    handlers: list = [EpochSeeder(config.seed, ctx.rank, train_ds),
+    handlers: list = [EpochSeeder(config.seed, ctx.rank, data.train_dataset),
                       DivergenceGuard(unwrap_model(network), out),
                       BroadcastBuffers(unwrap_model(network)),
                       LrScheduleHandler(scheduler, print_lr=False),
@@ -246,7 +282,7 @@ def _train(config: TrainConfig, ctx: DistContext, lock: FolderLock | None) -> Tr
     if progress is not None:
         handlers.append(RichProgressHandler(progress, recorder))
     trainer = SupervisedTrainer(
-        device=device, max_epochs=config.epochs, train_data_loader=train_loader, network=network,
+        device=device, max_epochs=config.epochs, train_data_loader=data.train_loader, network=network,
         optimizer=optimizer, loss_function=loss_function, epoch_length=epoch_length, amp=amp,
         decollate=False, train_handlers=handlers)
     if amp and payload is not None and (payload.get("extra") or {}).get("scaler"):
@@ -261,6 +297,6 @@ def _train(config: TrainConfig, ctx: DistContext, lock: FolderLock | None) -> Tr
         with progress if progress is not None else contextlib.nullcontext():
             trainer.run()
     ctx.barrier()
-    return TrainResult(run_dir=out, best_checkpoint=paths["best"], last_checkpoint=paths["last"],
+    return TrainResult(run_dir=out, best_checkpoint=out / RUN_FILES["best"], last_checkpoint=out / RUN_FILES["last"],
                        metrics=dict(recorder.history[-1]), best_metrics=dict(recorder.best_row or {}),
                        epochs_run=epochs_run, seconds=time.perf_counter() - started, is_main=ctx.is_main)

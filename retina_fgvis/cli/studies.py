@@ -1,7 +1,7 @@
 """``retina-fgvis study deletion|adversarial|entropy|colour-swap``: thin wrappers over ``evaluation``.
 
 Each command prints a table shaped like the paper's (Tables A1–A3, the §A4.1 deletion AUCs) and
-writes its CSV (plus ``run.json``-style settings) into ``--out``.
+writes its CSV and its run record (``<study>_run.json``) into ``--out``.
 """
 from __future__ import annotations
 

@@ -27,7 +27,8 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 LEVELS = (0, 1, 2, 3, 4)
 _ID = re.compile(r"^(?P<patient>[0-9A-Za-z]+)_(?P<eye>left|right)$")
 TABLE_COLUMNS = ["image", "path", "level", "label", "patient", "eye"]
-SPLIT_COLUMNS = ["image", "patient", "eye", "level", "label", "split"]
+#: The one split-file format (a training run's ``split.csv``): the table's columns and ``split`` (train | val).
+SPLIT_COLUMNS = [*TABLE_COLUMNS, "split"]
 
 
 def load_eyepacs_table(
@@ -181,7 +182,7 @@ def patient_split(table: pd.DataFrame, val_fraction: float = 0.2, seed: int = 0)
 
 
 def write_split(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write the split (columns image, patient, eye, level, label, split) as CSV, atomically."""
+    """Write the split (:data:`SPLIT_COLUMNS`: image, path, level, label, patient, eye, split) as CSV, atomically."""
     missing = set(SPLIT_COLUMNS) - set(table.columns)
     if missing:
         raise ValueError(f"table: missing columns {sorted(missing)} (run patient_split first)")

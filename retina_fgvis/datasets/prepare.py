@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import time
@@ -26,11 +25,12 @@ from typing import Iterator
 import cv2
 import pandas as pd
 
-from retina_fgvis._io import atomic_write_csv, atomic_write_png, locked_folder, remove_temporaries, write_run_info
+from retina_fgvis._io import atomic_write_csv, atomic_write_png, locked_folder, remove_temporaries
 from retina_fgvis.checks import check_int
 from retina_fgvis.datasets.errors import DatasetError
 from retina_fgvis.datasets.eyepacs import LABELS_CSV, SOLUTION_CSV, _read_levels, find_images
 from retina_fgvis.datasets.fundus import load_fundus
+from retina_fgvis.runs import RunFolder, RunKind
 
 SETTINGS_FILE = "prepare.json"
 FAILURES_FILE = "failures.csv"
@@ -84,9 +84,12 @@ def prepare_eyepacs(
         if (src / name).is_file():
             _read_levels(src / name)
     settings = {"source": str(src.resolve()), "size": size, "graham": bool(graham), "format": "png"}
+    record = RunFolder(dst, RunKind.PREPARE, record=SETTINGS_FILE, name="dst")
     with locked_folder(dst, name="dst") as lock:
-        _check_settings(dst, settings)
-        write_run_info(dst, settings, name=SETTINGS_FILE)
+        # A destination of another size or normalisation would mix two preparations; one of the same
+        # settings resumes. The folder may hold other files (e.g. the user's own notes).
+        record.claim(settings, exclusive=False)
+        record.write_info(settings)
         return _prepare(src, dst, images, graham, size, workers, progress, lock, started)
 
 
@@ -157,17 +160,3 @@ def _prepare_one(task: tuple) -> tuple[str, str, str | None]:
     except (ValueError, OSError, cv2.error) as error:
         return image_id, path, str(error)
     return image_id, path, None
-
-
-def _check_settings(dst: Path, settings: dict) -> None:
-    path = dst / SETTINGS_FILE
-    if not path.is_file():
-        return
-    try:
-        previous = json.loads(path.read_text())["config"]
-    except (ValueError, KeyError, TypeError):
-        raise DatasetError(path, "unreadable settings of an earlier run; remove it or choose another destination") from None
-    changed = {key: (previous.get(key), value) for key, value in settings.items() if previous.get(key) != value}
-    if changed:
-        listing = ", ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changed.items())
-        raise DatasetError(path, f"destination was prepared with other settings ({listing}); choose another destination")

@@ -31,7 +31,6 @@ Layout written by :func:`generate_synthetic` (see ``data/README.md``)::
 from __future__ import annotations
 
 import functools
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +41,9 @@ import pandas as pd
 from skimage import data as skdata
 from skimage import draw
 
-from retina_fgvis._io import (atomic_write_bytes, atomic_write_csv, atomic_write_png, atomic_write_text, is_housekeeping,
-                              locked_folder, write_run_info)
+from retina_fgvis._io import atomic_write_bytes, atomic_write_csv, atomic_write_png, atomic_write_text, locked_folder
 from retina_fgvis.checks import check_int
+from retina_fgvis.runs import RunFolder, RunFolderError, RunKind
 from retina_fgvis.datasets.diaretdb1 import (
     LESION_TYPES,
     N_EXPERTS,
@@ -63,6 +62,10 @@ from retina_fgvis.datasets.diaretdb1 import (
 )
 
 #: Probability of each DR grade 0–4 (training set: 42 % RDR; test set: mostly diseased, like DiaretDB1).
+#: The set's record, written last (a folder holding it holds a finished set).
+SET_RECORD = "synthetic.json"
+# Recorded with the set but fixed by the code (the grade mixes) or compared on their own (the label rule).
+_DERIVED_SETTINGS = ("train_grade_p", "test_grade_p", "label_rule")
 TRAIN_GRADE_P = (0.40, 0.18, 0.22, 0.11, 0.09)
 TEST_GRADE_P = (0.10, 0.15, 0.40, 0.20, 0.15)
 JPEG_QUALITY = 95
@@ -146,13 +149,18 @@ class LabelRule:
         return {lesion: counts[lesion] for lesion in LESION_TYPES}
 
 
+def _set_record(root: str | os.PathLike, name: str = "out") -> RunFolder:
+    """The set's record ``synthetic.json`` (a :class:`~retina_fgvis.runs.RunFolder` record of kind ``synthetic``)."""
+    return RunFolder(root, RunKind.SYNTHETIC, record=SET_RECORD, name=name)
+
+
 def read_label_rule(root: str | os.PathLike) -> LabelRule | None:
     """The label rule recorded in a synthetic set's ``synthetic.json`` (None: the grade decides the label)."""
-    path = Path(root) / "synthetic.json"
+    record = _set_record(root)
     try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))["config"].get("label_rule")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise ValueError(f"data_dir: {path} is not a synthetic set's record") from None
+        recorded = record.read_info(required=True).config.get("label_rule")
+    except RunFolderError:
+        raise ValueError(f"data_dir: {record.record_path} is not a synthetic set's record") from None
     return None if recorded is None else LabelRule(recorded["lesion_type"], int(recorded["min_count"]))
 
 
@@ -229,11 +237,11 @@ def generate_synthetic(
     _write_split_files(paths, test_ids)
     _write_fmask_tif(paths.diaretdb1_v1 / V1_FMASK, painter.disc)
     atomic_write_csv(paths.images_csv, table)
-    write_run_info(root, {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed,
+    _set_record(root).write_info({"n_train": n_train, "n_test": n_test, "size": size, "seed": seed,
                           "train_grade_p": TRAIN_GRADE_P, "test_grade_p": TEST_GRADE_P,
                           "label_rule": None if rule is None else {
                               "rule": str(rule), "lesion_type": rule.lesion_type, "min_count": rule.min_count,
-                              "rdr_p": RULE_RDR_P, "others": _RULE_OTHERS}}, name="synthetic.json")
+                              "rdr_p": RULE_RDR_P, "others": _RULE_OTHERS}})
     return paths
 
 
@@ -617,24 +625,18 @@ def create_synthetic_set(out: str | os.PathLike, *, n_train: int, n_test: int, s
     out = Path(out)
     rule = LabelRule.parse(label_rule)
     wanted = {"n_train": n_train, "n_test": n_test, "size": size, "seed": seed}
+    record = _set_record(out)
     with locked_folder(out):
-        marker = out / "synthetic.json"
-        if marker.is_file():
-            try:
-                stored = json.loads(marker.read_text(encoding="utf-8"))["config"]
-                differing = [f"{key} {stored.get(key)!r} vs {value!r}" for key, value in wanted.items()
-                             if stored.get(key) != value]
-            except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                raise ValueError(f"out: {marker} is not a synthetic set record; choose another folder") from None
+        try:
+            # synthetic.json is written last, so a folder holding it holds a finished set.
+            finished = record.claim(wanted, ignore=_DERIVED_SETTINGS)
+        except RunFolderError as error:
+            raise RunFolderError(f"{error} (an interrupted synth: delete the folder and rerun)") from None
+        if finished:
             recorded = str(read_label_rule(out))
             if recorded != str(rule):
-                differing.append(f"label_rule {recorded!r} vs {str(rule)!r}")
-            if differing:
-                raise ValueError(f"out: {out} holds another synthetic set ({', '.join(differing)}); "
-                                 f"choose another folder or delete it")
+                raise RunFolderError(f"out: {out} holds another synthetic set (label_rule {recorded!r} vs "
+                                     f"{str(rule)!r}); choose another folder or delete it")
             return SyntheticPaths.of(out), False
-        if any(not is_housekeeping(entry) for entry in out.iterdir()):
-            raise ValueError(f"out: {out} is not empty and holds no finished synthetic set (no synthetic.json); "
-                             f"choose an empty or new folder (an interrupted synth: delete the folder and rerun)")
         return (generate_synthetic(out, n_train=n_train, n_test=n_test, size=size, seed=seed, progress=progress,
                                    label_rule=rule), True)

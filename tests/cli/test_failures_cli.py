@@ -116,7 +116,7 @@ def test_synth_reuses_the_same_set_and_refuses_another(tmp_path, snapshot):
     assert {str(p): p.stat().st_mtime_ns for p in out.rglob("*")} == before
     content = snapshot(out)
     other = runner.invoke(app, ["synth", str(out), "--n-train", "2", "--n-test", "1", "--size", "64"])
-    _refused(other, "holds another synthetic set (n_train 4 vs 2, n_test 2 vs 1)")
+    _refused(other, "synthetic.json holds another run's results (n_test 2 vs 1, n_train 4 vs 2)")
     assert snapshot(out) == content
 
 
@@ -124,7 +124,7 @@ def test_synth_refuses_a_foreign_folder_and_a_negative_seed(tmp_path, snapshot):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     _refused(runner.invoke(app, ["synth", str(tmp_path / "mine"), "--n-train", "2", "--n-test", "1"]),
-             "is not empty and holds no finished synthetic set")
+             "is not empty and holds no synthetic.json")
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
     _refused(runner.invoke(app, ["synth", str(tmp_path / "s"), "--seed", "-1"]), "seed: expected an integer >= 0")
     assert not (tmp_path / "s").exists()

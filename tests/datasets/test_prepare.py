@@ -7,6 +7,7 @@ import pytest
 import retina_fgvis.datasets.prepare as prepare
 from retina_fgvis.datasets import DatasetError, load_eyepacs_table, read_rgb
 from retina_fgvis.datasets.prepare import prepare_eyepacs
+from retina_fgvis.runs import RunFolderError
 
 
 @pytest.fixture
@@ -74,7 +75,7 @@ def test_worker_processes_give_the_same_outputs(eyepacs_root, tmp_path):
 
 def test_prepare_refuses_mixed_settings_and_empty_sources(eyepacs_root, tmp_path):
     prepare_eyepacs(eyepacs_root, tmp_path / "out", size=24, workers=1, progress=False)
-    with pytest.raises(DatasetError, match="prepare.json.*size 24 -> 32"):
+    with pytest.raises(RunFolderError, match="prepare.json holds another run's results .*size 24 vs 32"):
         prepare_eyepacs(eyepacs_root, tmp_path / "out", size=32, workers=1, progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()

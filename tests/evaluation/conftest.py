@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retina_fgvis._io import atomic_save_npz, atomic_write_json, atomic_write_png, write_run_info
+from retina_fgvis.runs import RunFolder, RunKind
+from retina_fgvis._io import atomic_save_npz, atomic_write_json, atomic_write_png
 from retina_fgvis.datasets import LESION_TYPES
 from retina_fgvis.datasets.diaretdb1 import FundusSample
 from retina_fgvis.viz import overlay_lesions, thumbnail
@@ -93,7 +94,7 @@ def _make_run(folder: Path, method: str, maps: dict[str, np.ndarray], threshold:
 
     FGVis images meet the stop rule (P(RDR) 0.05 < 0.10) except those in ``failed`` (they end at 0.6).
     """
-    write_run_info(folder, {"method": method, "checkpoint": "model.pt", "dataset": "diaretdb1",
+    RunFolder(folder, RunKind.LOCALIZE).write_info({"method": method, "checkpoint": "model.pt", "dataset": "diaretdb1",
                             "data_dir": str(folder / "no-data"), "split": "test", "threshold": threshold})
     for index, (image_id, importance) in enumerate(maps.items()):
         out = folder / "images" / image_id

@@ -142,7 +142,7 @@ def test_deletion_study_writes_tables_and_plot(tmp_path):
     curves = pd.read_csv(tmp_path / "curves.csv")
     assert len(curves) == 4 * 2 * 11 and curves["fraction"].max() == 1
     assert (tmp_path / "deletion_curves.png").stat().st_size > 10_000
-    config = json.loads((tmp_path / "run.json").read_text())["config"]
+    config = json.loads((tmp_path / "deletion_run.json").read_text())["config"]
     assert config["substrate"] == "zero" and config["points"] == 11
     summary = summarize_deletion(frame)
     assert list(summary["method"]) == ["fgvis", "gradcam", "occlusion", "random"]

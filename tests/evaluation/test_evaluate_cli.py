@@ -1,11 +1,13 @@
 """`retina-fgvis evaluate score|compare|report` on a tiny semi-synthetic DiaretDB1 (real files on disk)."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from retina_fgvis._io import atomic_save_npz, atomic_write_json, write_run_info
+from retina_fgvis.runs import RunFolder, RunKind
+from retina_fgvis._io import atomic_save_npz, atomic_write_json
 from retina_fgvis.cli import app
 from retina_fgvis.datasets import LESION_TYPES, generate_synthetic, open_diaretdb1
 
@@ -22,7 +24,7 @@ def tiny_set(tmp_path_factory):
     runs = {}
     for method in ("fgvis", "gradcam"):
         folder = root / method
-        write_run_info(folder, {"method": method, "dataset": "synthetic", "data_dir": str(paths.root),
+        RunFolder(folder, RunKind.LOCALIZE).write_info({"method": method, "dataset": "synthetic", "data_dir": str(paths.root),
                                 "split": "test", "threshold": 0.04})
         for image_id in dataset.image_ids("test"):
             sample = dataset.load(image_id, size=SIZE)
@@ -97,11 +99,9 @@ def test_errors_are_one_red_line_and_exit_2(tiny_set, tmp_path):
 
 def _copy_run(source, folder, **config):
     """A copy of run folder ``source`` with ``config`` entries added to its run.json."""
-    import shutil
-
     shutil.copytree(source, folder)
     info = json.loads((folder / "run.json").read_text())
-    write_run_info(folder, {**info["config"], **config})
+    RunFolder(folder, RunKind.LOCALIZE).write_info({**info["config"], **config})
     return folder
 
 
@@ -126,3 +126,17 @@ def test_compare_names_the_images_it_left_out(tiny_set, tmp_path):
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
     assert comparison["left_out"] == {str(runs["fgvis"]): ["image002"]} and comparison["n_images"] == 1
     assert "left out 1 image(s)" in result.output and "image002" in result.output
+
+
+def test_a_run_folder_written_before_run_records_had_a_kind_still_scores_and_reports(tiny_set, tmp_path):
+    _, runs = tiny_set
+    old = tmp_path / "old"
+    shutil.copytree(runs["fgvis"], old)
+    info = json.loads((old / "run.json").read_text())
+    # version 0: {"config", "environment"}, no kind or format version
+    (old / "run.json").write_text(json.dumps({"config": info["config"], "environment": info["environment"]}))
+    assert _invoke("score", old).exit_code == 0
+    new_summary = json.loads((old / "summary.json").read_text())
+    assert _invoke("score", runs["fgvis"]).exit_code == 0
+    assert new_summary == {**json.loads((runs["fgvis"] / "summary.json").read_text()), "run": str(old.resolve())}
+    assert _invoke("report", old).exit_code == 0 and (old / "report.html").is_file()
