@@ -42,7 +42,7 @@ from retina_fgvis.attribution.gradcam import resolve_targets
 from retina_fgvis.checks import check_int
 from retina_fgvis.fgvis import FGVis, RelativeScoreBelow, lambda_grid, make_reference, model_guard
 from retina_fgvis.models.imagenet import as_imagenet_model, image_names
-from retina_fgvis.runs import RunFolder
+from retina_fgvis.runs import claim_study
 from retina_fgvis.runtime import progress_bar
 
 __all__ = ["DeletionCurve", "InsertionCurve", "PerturbationCurve", "DELETION_METHODS", "deletion_study",
@@ -293,6 +293,12 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
                       batch_size=batch_size, seed=seed)
     metrics = {(method, mode): PerturbationCurve(model.model, mode, **curve_args)
                for method in methods for mode in ("deletion", "insertion")}
+    config = {"study": "deletion", "model": model.name, "weights": model.weights,
+              "image_size": model.image_size, "methods": list(methods), "substrate": substrate,
+              "points": int(metrics[methods[0], "deletion"].removed_fraction.numel()),
+              "lr": lr, "max_iter": max_iter, "stop_fraction": stop_fraction,
+              "occlusion_window": window, "seed": seed, "images": names}
+    record = claim_study(out_dir, "deletion", config)
     fill = float(make_reference(substrate, inputs[:1], normalization=model.normalization)[0].mean())
     rows = []
     with _maybe_progress(progress, "deletion study", len(inputs) // image_batch + bool(len(inputs) % image_batch)
@@ -331,14 +337,7 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
             advance()
     frame = pd.DataFrame(rows)
     frame.attrs["curves"] = _curve_table(metrics)
-    if out_dir is not None:
-        record = RunFolder.study(out_dir, "deletion")
-        config = {"study": "deletion", "model": model.name, "weights": model.weights,
-                  "image_size": model.image_size, "methods": list(methods), "substrate": substrate,
-                  "points": int(metrics[methods[0], "deletion"].removed_fraction.numel()),
-                  "lr": lr, "max_iter": max_iter, "stop_fraction": stop_fraction,
-                  "occlusion_window": window, "seed": seed, "images": names}
-        record.claim(config, exclusive=False)
+    if record is not None:
         atomic_write_csv(record.path / "deletion.csv", frame)
         atomic_write_csv(record.path / "curves.csv", frame.attrs["curves"])
         plot_curves(frame.attrs["curves"], record.path / "deletion_curves.png",

@@ -27,7 +27,7 @@ from retina_fgvis._io import atomic_write_csv
 from retina_fgvis.checks import check_int
 from retina_fgvis.fgvis import ClassShift, FGVis, make_reference
 from retina_fgvis.models.imagenet import as_imagenet_model
-from retina_fgvis.runs import RunFolder
+from retina_fgvis.runs import RunFolder, claim_study
 from retina_fgvis.runtime import progress_bar
 
 __all__ = ["COLOUR_SWAPS", "IMAGE_EXTENSIONS", "adversarial_evidence", "adversarial_table", "colour_swap",
@@ -39,10 +39,8 @@ COLOUR_SWAPS = {"RBG": (1, 2, 0), "GRB": (2, 0, 1)}
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _write(frame: pd.DataFrame, out_dir, name: str, config: dict) -> None:
-    if out_dir is not None:
-        record = RunFolder.study(out_dir, name)
-        record.claim(config, exclusive=False)  # the same study with other settings is refused, not overwritten
+def _write(frame: pd.DataFrame, record: RunFolder | None, name: str, config: dict) -> None:
+    if record is not None:
         atomic_write_csv(record.path / f"{name}.csv", frame)
         record.write_info(config)
 
@@ -89,6 +87,10 @@ def adversarial_evidence(model="efficientnet_lite0", *, classes: int | Sequence[
         chosen = [int(c) for c in classes if int(c) not in omitted]
         if not chosen or any(not 0 <= c < num_classes for c in chosen):
             raise ValueError(f"classes: expected class ids in [0, {num_classes}) other than {sorted(omitted)}")
+    config = {"study": "adversarial_evidence", "model": net.name, "weights": net.weights, "image_size": size,
+              "omitted_classes": sorted(omitted), "classes": len(chosen), "max_iter": max_iter, "lr": lr,
+              "reference": reference, "seed": seed}
+    record = claim_study(out_dir, "adversarial_evidence", config)
     target = torch.tensor(chosen, device=device)
     rows = []
     for defense in (False, True):
@@ -100,10 +102,7 @@ def adversarial_evidence(model="efficientnet_lite0", *, classes: int | Sequence[
                   "reached": bool(res.success[k]), "score": float(res.score[k]),
                   "iterations": int(res.iterations[k])} for k, c in enumerate(chosen)]
     frame = pd.DataFrame(rows)
-    _write(frame, out_dir, "adversarial_evidence", {
-        "study": "adversarial_evidence", "model": net.name, "weights": net.weights, "image_size": size,
-        "omitted_classes": sorted(omitted), "classes": len(chosen), "max_iter": max_iter, "lr": lr,
-        "reference": reference, "seed": seed})
+    _write(frame, record, "adversarial_evidence", config)
     return frame
 
 
@@ -139,6 +138,11 @@ def reference_entropy(images: Sequence, model="efficientnet_lite0", *, n_instanc
     check_int("n_instances", n_instances, minimum=1)
     generator = torch.Generator().manual_seed(seed)
     picked = torch.randperm(len(images), generator=generator)[:n_instances].sort().values.tolist()
+    config = {"study": "reference_entropy", "model": net.name, "weights": net.weights, "image_size": net.image_size,
+              "n_instances": n_instances, "noise_sigmas": list(noise_sigmas), "blur_sigmas": list(blur_sigmas),
+              "seed": seed,
+              "images": [str(images[i]) if isinstance(images[i], (str, os.PathLike)) else i for i in picked]}
+    record = claim_study(out_dir, "reference_entropy", config)
     x = net.preprocess_batch([images[i] for i in picked])
     empty = torch.zeros(1, 3, net.image_size, net.image_size, device=net.device)
 
@@ -160,10 +164,7 @@ def reference_entropy(images: Sequence, model="efficientnet_lite0", *, n_instanc
              "std": float(values.std()) if len(values) > 1 else 0.0} for name, sigma, values in references]
     rows.append({"reference": "maximum", "sigma": None, "n": 0, "mean": math.log(len(net.class_names)), "std": 0.0})
     frame = pd.DataFrame(rows).assign(model=net.name)
-    _write(frame, out_dir, "reference_entropy", {
-        "study": "reference_entropy", "model": net.name, "weights": net.weights, "image_size": net.image_size,
-        "n_instances": n_instances, "noise_sigmas": list(noise_sigmas), "blur_sigmas": list(blur_sigmas),
-        "seed": seed, "images": [str(images[i]) if isinstance(images[i], (str, os.PathLike)) else i for i in picked]})
+    _write(frame, record, "reference_entropy", config)
     return frame
 
 
@@ -258,6 +259,10 @@ def colour_swap(data: str | os.PathLike, model="efficientnet_lite0", *, synsets:
     """
     net = as_imagenet_model(model, weights=weights, image_size=image_size, device=device)
     table = read_labelled_images(data, net.class_names, synsets)
+    config = {"study": "colour_swap", "model": net.name, "weights": net.weights, "image_size": net.image_size,
+              "data": str(data), "synsets": None if synsets is None else str(synsets), "images": len(table),
+              "swaps": {name: list(order) for name, order in COLOUR_SWAPS.items()}}
+    record = claim_study(out_dir, "colour_swap", config)
     mean = torch.tensor(net.mean, device=net.device).view(1, 3, 1, 1)
     std = torch.tensor(net.std, device=net.device).view(1, 3, 1, 1)
     correct = {name: [] for name in ("clean", *COLOUR_SWAPS)}
@@ -284,10 +289,7 @@ def colour_swap(data: str | os.PathLike, model="efficientnet_lite0", *, synsets:
                      "n_images": len(kept), "mean": float(np.mean(list(shares.values()))), **shares})
     frame = pd.DataFrame(rows).sort_values(["mean", "class_id"], na_position="last", kind="stable")
     frame = frame.reset_index(drop=True)
-    _write(frame, out_dir, "colour_swap", {
-        "study": "colour_swap", "model": net.name, "weights": net.weights, "image_size": net.image_size,
-        "data": str(data), "synsets": None if synsets is None else str(synsets), "images": len(table),
-        "swaps": {name: list(order) for name, order in COLOUR_SWAPS.items()}})
+    _write(frame, record, "colour_swap", config)
     return frame
 
 

@@ -29,7 +29,8 @@ import numpy as np
 from retina_fgvis._io import (FolderLock, _finite, _json_default, atomic_save_npz, atomic_write_json,
                               environment_info, is_housekeeping, locked_folder, remove_temporaries)
 
-__all__ = ["FORMAT_VERSION", "RUN_RECORD", "ITEM_RECORD", "RunFolder", "RunFolderError", "RunInfo", "RunKind"]
+__all__ = ["FORMAT_VERSION", "RUN_RECORD", "ITEM_RECORD", "RunFolder", "RunFolderError", "RunInfo", "RunKind",
+           "claim_study", "read_info"]
 
 #: Version of the run record. Version 0: no ``kind``/``format_version`` keys (read, never written).
 FORMAT_VERSION = 1
@@ -248,6 +249,16 @@ class RunFolder:
     def clean(self, lock: FolderLock) -> None:
         """Remove the temporaries a killed run left in the folder itself (not in its items)."""
         remove_temporaries(self.path, lock)
+
+
+def claim_study(out_dir: str | os.PathLike | None, name: str, config: Mapping[str, Any]) -> RunFolder | None:
+    """The record of study ``name`` in ``out_dir`` (``None``: the study writes nothing), claimed before any work:
+    the same study with other settings is refused, not overwritten; other studies may share the folder."""
+    if out_dir is None:
+        return None
+    record = RunFolder.study(out_dir, name)
+    record.claim(config, exclusive=False)
+    return record
 
 
 def _read_object(path: Path) -> dict[str, Any]:
