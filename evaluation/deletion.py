@@ -41,6 +41,7 @@ from retina_fgvis._io import atomic_save_figure, atomic_write_csv
 from retina_fgvis.attribution.gradcam import resolve_targets
 from retina_fgvis.checks import check_int
 from retina_fgvis.fgvis import FGVis, RelativeScoreBelow, lambda_grid, make_reference, model_guard
+from retina_fgvis.fgvis.references import IMAGE_REFERENCES
 from retina_fgvis.models.imagenet import as_imagenet_model, image_names
 from retina_fgvis.runs import claim_study
 from retina_fgvis.runtime import progress_bar
@@ -284,8 +285,8 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
     unknown = [method for method in methods if method not in DELETION_METHODS]
     if unknown or not methods:
         raise ValueError(f"methods: {unknown or 'none given'}; choose from {DELETION_METHODS}")
-    if substrate not in ("zero", "black"):
-        raise ValueError(f"substrate: expected 'zero' or 'black', got {substrate!r}")
+    if substrate not in IMAGE_REFERENCES:
+        raise ValueError(f"substrate: expected one of {IMAGE_REFERENCES}, got {substrate!r}")
     model = as_imagenet_model(model, weights=weights, device=device, image_size=image_size)
     names, inputs = _load_images(images, model)
     window = occlusion_window or max(model.image_size // 8, 2)

@@ -218,7 +218,8 @@ def open_dataset(dataset: str, data_dir: str | os.PathLike):
     return open_diaretdb1(root)
 
 
-def _sha256(path: Path) -> str:
+def checkpoint_sha256(path: Path) -> str:
+    """The SHA-256 of a checkpoint file: what identifies it in a run record (its path may change)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -238,7 +239,7 @@ def _run_config(config: LocalizeConfig, checkpoint: Path, image_ids: list[str], 
     record = {key: value for key, value in dataclasses.asdict(config).items() if key not in _RUNTIME_KEYS}
     record.update({
         "checkpoint": str(checkpoint.resolve()),
-        "checkpoint_sha256": _sha256(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256(checkpoint),
         "data_dir": str(Path(config.data_dir).resolve()),
         "image_size": classifier.image_size,
         "target_class": int(classifier.meta["positive_class"]),

@@ -10,6 +10,7 @@ explainer's sensitivity on the deciding type against the independent types and c
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,11 @@ from retina_fgvis.datasets.synthetic import create_synthetic_set
 from retina_fgvis.localize import LocalizeConfig, localize
 from retina_fgvis.runtime import console
 
-__all__ = ["CONTROL_RULE", "ControlResult", "DemoResult", "run_control", "run_demo", "score_and_report"]
+__all__ = ["CONTROL_RULE", "ControlResult", "DemoResult", "Diagnosis", "diagnose_checkpoint", "run_control", "run_demo",
+           "score_and_report"]
+
+#: Tables ``diagnose_checkpoint`` writes into its ``out`` folder.
+DIAGNOSIS_CSV, DIAGNOSIS_CALLS_CSV = "diagnosis.csv", "diagnosis_calls.csv"
 
 #: The control's default label rule: RDR iff the image holds at least one hard exudate.
 CONTROL_RULE = "hard_exudates:1"
@@ -156,3 +161,66 @@ def score_and_report(out: str | Path, *, progress: bool = True) -> tuple[dict, P
         console.print(summary_table(summary))
         report = write_report(out)
     return summary, report
+
+
+@dataclass
+class Diagnosis:
+    """What :func:`diagnose_checkpoint` measured: per image and step (``summary``), per defended call (``calls``),
+    the warnings it draws (``findings``), the explained class's name and the number of defended calls."""
+
+    image_ids: list[str]
+    class_name: str
+    summary: Any
+    calls: Any
+    findings: list[str]
+    n_calls: int
+
+
+_PROTOCOL = {name: field.default for name, field in LocalizeConfig.__dataclass_fields__.items()}
+
+
+def diagnose_checkpoint(checkpoint: str | Path, data_dir: str | Path, *, dataset: str = _PROTOCOL["dataset"],
+                        split: str = _PROTOCOL["split"], images: int = 8, steps: tuple[int, ...] = (0, 20),
+                        lam: float = _PROTOCOL["lam"], lr: float = _PROTOCOL["lr"],
+                        stop_score: float = _PROTOCOL["stop_score"], device: str | None = None,
+                        out: str | Path | None = None) -> Diagnosis:
+    """The defense diagnostic (:func:`~retina_fgvis.fgvis.diagnose.diagnose_defense`) of a fundus classifier on
+    the first ``images`` images of a DiaretDB1 split, deleting its positive class; with ``out``, its two tables
+    are written there (a run folder of kind ``diagnose``, claimed before any work). The defaults are
+    :class:`~retina_fgvis.localize.LocalizeConfig`'s, the paper's medical protocol."""
+    from retina_fgvis._io import atomic_write_csv
+    from retina_fgvis.checks import check_int
+    from retina_fgvis.datasets.diaretdb1 import open_diaretdb1
+    from retina_fgvis.fgvis import ScoreBelow
+    from retina_fgvis.fgvis.diagnose import diagnose_defense
+    from retina_fgvis.localize import DATASETS, SPLITS, checkpoint_sha256
+    from retina_fgvis.models.checkpoint import load_classifier
+    from retina_fgvis.runs import RunFolder, RunKind
+    from retina_fgvis.runtime import resolve_device
+    
+    check_int("images", images, minimum=1)
+    stop = ScoreBelow(stop_score)
+    if dataset not in DATASETS or split not in SPLITS:
+        raise ValueError(f"dataset, split: expected one of {DATASETS} and of {SPLITS}, got {dataset!r}, {split!r}")
+    classifier = load_classifier(checkpoint, resolve_device(device))
+    database = open_diaretdb1(Path(data_dir) / "diaretdb1" if dataset == "synthetic" else Path(data_dir))
+    ids = database.image_ids(split)[:images]
+    config = {"checkpoint_sha256": checkpoint_sha256(Path(checkpoint)), "data_dir": str(Path(data_dir).resolve()),
+              "dataset": dataset, "split": split, "images": ids, "steps": list(steps), "lam": lam, "lr": lr,
+              "stop_score": stop_score}
+    with contextlib.ExitStack() as stack:
+        if out is not None:
+            stack.enter_context(RunFolder(out, RunKind.DIAGNOSE, name="--out").writing(config))
+        pictures = [database.load(image_id, size=classifier.image_size,
+                                  graham=bool(classifier.meta.get("graham", False))).image for image_id in ids]
+        positive = int(classifier.meta["positive_class"])
+        diagnosis = diagnose_defense(classifier.model, classifier.prepare(pictures), positive, lr=lr, lam=lam,
+                                     steps=steps, stop=stop, normalization=classifier.normalization)
+        names = list(classifier.meta.get("class_names") or [])
+        result = Diagnosis(ids, names[positive] if positive < len(names) else f"class {positive}",
+                           diagnosis.summary(ids), diagnosis.to_frame(ids), diagnosis.findings(ids),
+                           len(diagnosis.call_names))
+        if out is not None:
+            atomic_write_csv(Path(out) / DIAGNOSIS_CSV, result.summary)
+            atomic_write_csv(Path(out) / DIAGNOSIS_CALLS_CSV, result.calls)
+    return result

@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 
@@ -136,14 +136,16 @@ class RunFolder:
                                  f"({'a ' + info.kind + ' run' if info.kind else 'no kind recorded'})")
         return info
 
-    def claim(self, config: Mapping[str, Any], *, ignore: tuple[str, ...] = (), exclusive: bool = True) -> bool:
+    def claim(self, config: Mapping[str, Any], *, ignore: tuple[str, ...] = (), exclusive: bool = True,
+              upgrade: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None) -> bool:
         """Refuse this folder unless it can hold the run ``config`` describes (nothing is written here).
 
         The folder must be new, hold this kind's record with the same config on every key but
         ``ignore`` (then the run is resumed: returns True), or be empty of results (returns False).
         With ``exclusive=False`` the folder may hold other files (a dataset, other studies' records), but
-        never another command's ``run.json``. Raises :class:`RunFolderError` naming the folder and the
-        differing settings, or the other command.
+        never another command's ``run.json``. ``upgrade`` turns the recorded config into the current form
+        (a setting added since the record was written takes the value that run had). Raises
+        :class:`RunFolderError` naming the folder and the differing settings, or the other command.
         """
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.name}: {self.path} is a file, not a folder")
@@ -166,6 +168,8 @@ class RunFolder:
                                  f"{info.kind or 'another command'}, not {self.kind}; choose another folder")
         wanted = _as_stored(config)
         previous = {key: value for key, value in info.config.items() if key != "task"}  # version 0's train kind
+        if upgrade is not None:
+            previous = _as_stored(upgrade(previous))
         differing = sorted(key for key in set(previous) | set(wanted)
                            if key not in ignore and previous.get(key) != wanted.get(key))
         if differing:

@@ -36,6 +36,8 @@ class TrainConfig:
         epochs, image_size, batch_size, lr, width: ``None`` takes :data:`DATASET_DEFAULTS`.
         weight_decay: AdamW weight decay.
         dropout: dropout before the linear head.
+        augment: random rotation, flips, zoom, brightness and contrast of the training images (off: the
+            images as they are, e.g. to compare a torchrun run with a single-process one exactly).
         label_smoothing: cross-entropy label smoothing; bounds the logit margin the classifier learns.
         layout: FundusCNN layout (``"plain"``: one 3×3 stride-1 convolution per stage; ``"compact"``: the
             same with o_O's 5×5 stride-2 stem; ``"o_O"``: Net A's 13 convolutions).
@@ -64,6 +66,7 @@ class TrainConfig:
     width: int | None = None
     weight_decay: float = 1e-4
     dropout: float = 0.5
+    augment: bool = True
     label_smoothing: float = 0.0
     layout: str = "plain"
     network_options: dict[str, Any] = field(default_factory=dict)

@@ -152,7 +152,7 @@ def make_loaders(split: pd.DataFrame, config: TrainConfig, mean: Sequence[float]
     per_image = 3 * config.image_size**2 * 4
     cache_rate = min(1.0, CACHE_BYTES / (per_image * (len(train_items) + len(val_items))))
     cache_workers = max(1, config.workers)
-    train_ds = CacheDataset(train_items, make_transforms(config.image_size, mean, std, train=True,
+    train_ds = CacheDataset(train_items, make_transforms(config.image_size, mean, std, train=config.augment,
                                                          graham=config.graham),
                             cache_rate=cache_rate, num_workers=cache_workers, progress=False)
     val_ds = CacheDataset(val_items, make_transforms(config.image_size, mean, std, train=False,

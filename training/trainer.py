@@ -97,7 +97,8 @@ def _claim(config: TrainConfig) -> tuple[TrainConfig, dict[str, Any] | None]:
         if found:
             raise ValueError(f"out: {config.out} already holds a run ({', '.join(found)}); pass --resume to continue "
                              f"it or choose another --out")
-    _run_folder(config).claim(config.to_dict(), ignore=_NOT_COMPARED)
+    _run_folder(config).claim(config.to_dict(), ignore=_NOT_COMPARED,
+                              upgrade=lambda stored: TrainConfig.from_dict(stored).to_dict())
     return config, payload
 
 

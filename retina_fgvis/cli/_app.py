@@ -1,12 +1,16 @@
-"""The typer application every command module registers on, and its one path for bad input."""
+"""The typer application every command module registers on, its one path for bad input, and the two
+helpers that keep the library the one place where a closed choice or a default is stated."""
+import dataclasses
+import inspect
 import os
-from typing import NoReturn
+from enum import Enum
+from typing import Any, Iterable, NoReturn
 
 import typer
 
 from retina_fgvis.runtime import console, error_console
 
-__all__ = ["BAD_INPUT", "app", "console", "fail"]
+__all__ = ["BAD_INPUT", "app", "choice", "console", "default", "fail"]
 
 app = typer.Typer(
     name="retina-fgvis",
@@ -18,6 +22,18 @@ app = typer.Typer(
 #: What a command reports with :func:`fail`: bad input (``ValueError``, every checked argument and file) and
 #: operating-system errors on a path (a read-only folder, a file where a folder belongs, a full disk).
 BAD_INPUT = (ValueError, OSError)
+
+
+def choice(name: str, values: Iterable[str]) -> type[Enum]:
+    """A ``str`` Enum of the library's closed choice ``values`` (typer lists and checks its members)."""
+    return Enum(name, {value: value for value in values}, type=str)
+
+
+def default(owner: Any, name: str) -> Any:
+    """The library's default of ``name``: a field of dataclass ``owner`` or a parameter of function ``owner``."""
+    if dataclasses.is_dataclass(owner):
+        return next(field.default for field in dataclasses.fields(owner) if field.name == name)
+    return inspect.signature(owner).parameters[name].default
 
 
 def fail(error: Exception) -> NoReturn:

@@ -5,29 +5,16 @@ large for lambda; during the first steps: how much of the true gradient the defe
 """
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
-
-
-class Dataset(str, Enum):
-    diaretdb1 = "diaretdb1"
-    synthetic = "synthetic"
-
-
-class Split(str, Enum):
-    test = "test"
-    train = "train"
-    all = "all"
-
-
-SUMMARY_CSV = "diagnosis.csv"
-CALLS_CSV = "diagnosis_calls.csv"
+from retina_fgvis.cli._app import BAD_INPUT, app, console, default, fail
+from retina_fgvis.cli.localize import Dataset, Split
+from retina_fgvis.localize import LocalizeConfig
+from retina_fgvis.pipelines import DIAGNOSIS_CALLS_CSV, DIAGNOSIS_CSV, diagnose_checkpoint
 
 
 def parse_steps(text: str) -> tuple[int, ...]:
@@ -60,57 +47,30 @@ def _table(summary, class_name: str) -> Table:
 def diagnose_command(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Classifier checkpoint from `retina-fgvis train`."),
     data_dir: Path = typer.Option(..., "--data-dir", help="DiaretDB1 folder; for synthetic: the set's folder."),
-    dataset: Dataset = typer.Option(Dataset.diaretdb1, "--dataset", help="diaretdb1 | synthetic (read only)."),
-    split: Split = typer.Option(Split.test, "--split", help="test | train | all"),
-    images: int = typer.Option(8, "--images", help="First N images of the split."),
-    steps: str = typer.Option("0,20", "--steps", help="Step counts measured, comma-separated (0 = start)."),
-    lam: float = typer.Option(1e-10, "--lam", help="FGVis λ."),
-    lr: float = typer.Option(0.25, "--lr", help="FGVis learning rate."),
-    stop_score: float = typer.Option(0.10, "--stop-score", help="Deletion stops once the class score is below this."),
+    dataset: Dataset = typer.Option(Dataset(default(LocalizeConfig, "dataset")), "--dataset",
+                                    help="Layout of --data-dir (read only)."),
+    split: Split = typer.Option(Split(default(LocalizeConfig, "split")), "--split", help="Which images of the dataset."),
+    images: int = typer.Option(default(diagnose_checkpoint, "images"), "--images", help="First N images of the split."),
+    steps: str = typer.Option(",".join(map(str, default(diagnose_checkpoint, "steps"))), "--steps", help="Step counts measured, comma-separated (0 = start)."),
+    lam: float = typer.Option(default(LocalizeConfig, "lam"), "--lam", help="FGVis λ."),
+    lr: float = typer.Option(default(LocalizeConfig, "lr"), "--lr", help="FGVis learning rate."),
+    stop_score: float = typer.Option(default(LocalizeConfig, "stop_score"), "--stop-score", help="Deletion stops once the class score is below this."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    out: Optional[Path] = typer.Option(None, "--out", help=f"Folder for {SUMMARY_CSV} and {CALLS_CSV}."),
+    out: Optional[Path] = typer.Option(None, "--out", help=f"Folder for {DIAGNOSIS_CSV} and {DIAGNOSIS_CALLS_CSV}."),
 ) -> None:
     """Per image: class score, reference score, margin; per step: share of units inside their bounds and
     the defended-vs-undefended gradient cosine and norm ratio."""
-    from retina_fgvis._io import atomic_write_csv, locked_folder
-    from retina_fgvis.checks import check_int
-    from retina_fgvis.datasets.diaretdb1 import open_diaretdb1
-    from retina_fgvis.fgvis import ScoreBelow
-    from retina_fgvis.fgvis.diagnose import diagnose_defense
-    from retina_fgvis.models.checkpoint import load_classifier
-    from retina_fgvis.runtime import resolve_device
-
     try:
-        measured = parse_steps(steps)
-        check_int("--images", images, minimum=1)
-        stop = ScoreBelow(stop_score)
-        if out is not None and out.exists() and not out.is_dir():
-            raise ValueError(f"--out: {out} exists and is not a folder")
-        classifier = load_classifier(checkpoint, resolve_device(device))
-        root = data_dir / "diaretdb1" if dataset is Dataset.synthetic else data_dir
-        database = open_diaretdb1(root)
-        ids = database.image_ids(split.value)[:images]
-        pictures = [database.load(image_id, size=classifier.image_size,
-                                  graham=bool(classifier.meta.get("graham", False))).image for image_id in ids]
-        diagnosis = diagnose_defense(
-            classifier.model, classifier.prepare(pictures), int(classifier.meta["positive_class"]),
-            lr=lr, lam=lam, steps=measured, stop=stop, normalization=classifier.normalization)
+        result = diagnose_checkpoint(checkpoint, data_dir, dataset=dataset.value, split=split.value, images=images,
+                                     steps=parse_steps(steps), lam=lam, lr=lr, stop_score=stop_score, device=device,
+                                     out=out)
     except BAD_INPUT as error:
         fail(error)
-    summary = diagnosis.summary(ids)
-    positive = int(classifier.meta["positive_class"])
-    names = list(classifier.meta.get("class_names") or [])
-    console.print(_table(summary, names[positive] if positive < len(names) else f"class {positive}"))
-    console.print(f"{len(diagnosis.call_names)} defended nonlinearity calls; inside = mean share of units inside "
+    console.print(_table(result.summary, result.class_name))
+    console.print(f"{result.n_calls} defended nonlinearity calls; inside = mean share of units inside "
                   "their bounds, cos / ratio = defended vs undefended gradient of the loss w.r.t. the mask.",
                   soft_wrap=True)
-    for note in diagnosis.findings(ids):
+    for note in result.findings:
         console.print(f"[yellow]warning:[/yellow] {note}", soft_wrap=True, highlight=False)
     if out is not None:
-        try:
-            with locked_folder(out, name="--out"):
-                atomic_write_csv(out / SUMMARY_CSV, summary)
-                atomic_write_csv(out / CALLS_CSV, diagnosis.to_frame(ids))
-        except BAD_INPUT as error:
-            fail(error)
-        console.print(f"tables: {out / SUMMARY_CSV}, {out / CALLS_CSV}", soft_wrap=True)
+        console.print(f"tables: {out / DIAGNOSIS_CSV}, {out / DIAGNOSIS_CALLS_CSV}", soft_wrap=True)

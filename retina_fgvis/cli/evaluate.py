@@ -1,7 +1,6 @@
 """``retina-fgvis evaluate score|compare|report``: thin wrappers over ``evaluation``."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -11,7 +10,9 @@ from retina_fgvis.evaluation.compare import compare_runs, comparison_table, inte
 from retina_fgvis.evaluation.localization import diaretdb1_root, score_run, summary_table
 from retina_fgvis.evaluation.report import write_report
 from retina_fgvis._io import locked_folder
-from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
+from retina_fgvis.cli._app import BAD_INPUT, app, console, default, fail
+from retina_fgvis.cli.localize import Dataset
+from retina_fgvis.localize import LocalizeConfig
 
 evaluate_app = typer.Typer(
     help="Score localization runs against the experts' lesion markings, compare methods, write the HTML report.",
@@ -23,12 +24,7 @@ _DATA_DIR_HELP = ("DiaretDB1 folder (v1.1 or v2.1 layout; for --dataset syntheti
                   "`retina-fgvis synth`). Default: the data_dir recorded in the run.")
 
 
-class DatasetKind(str, Enum):
-    diaretdb1 = "diaretdb1"
-    synthetic = "synthetic"
-
-
-def _ground_truth(dataset: DatasetKind, data_dir: Optional[Path]) -> Optional[Path]:
+def _ground_truth(dataset: Dataset, data_dir: Optional[Path]) -> Optional[Path]:
     """What ``score_run``/``compare_runs`` take as ``dataset``: ``None`` = the run's recorded data dir."""
     return None if data_dir is None else diaretdb1_root(data_dir, dataset.value)
 
@@ -38,7 +34,7 @@ def _ground_truth(dataset: DatasetKind, data_dir: Optional[Path]) -> Optional[Pa
 def score(
     run: Path = typer.Argument(..., help="Run folder written by `retina-fgvis localize`."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
-    dataset: DatasetKind = typer.Option(DatasetKind.diaretdb1, "--dataset", help="Layout of --data-dir."),
+    dataset: Dataset = typer.Option(Dataset(default(LocalizeConfig, "dataset")), "--dataset", help="Layout of --data-dir."),
     tolerance: int = typer.Option(0, "--tolerance", help="A lesion counts as hit within this many pixels."),
     seed: int = typer.Option(0, "--seed", help="Seed of the chance control's rotation angles."),
 ) -> None:
@@ -60,7 +56,7 @@ def compare(
     runs: List[Path] = typer.Argument(..., help="Run folders; the first sets the matched area (normally FGVis)."),
     out: Path = typer.Option(..., "--out", help="Folder for comparison.json and comparison.csv."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
-    dataset: DatasetKind = typer.Option(DatasetKind.diaretdb1, "--dataset", help="Layout of --data-dir."),
+    dataset: Dataset = typer.Option(Dataset(default(LocalizeConfig, "dataset")), "--dataset", help="Layout of --data-dir."),
     tolerance: int = typer.Option(0, "--tolerance", help="A lesion counts as hit within this many pixels."),
     seed: int = typer.Option(0, "--seed", help="Seed of the chance control's rotation angles and of the bootstrap."),
     resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of the images (95 % intervals)."),

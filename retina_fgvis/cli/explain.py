@@ -1,27 +1,18 @@
 """``retina-fgvis explain IMAGE... --model NAME``: FGVis explanations of ImageNet images (wraps :func:`explain`)."""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
 import pandas as pd
 import typer
 
-from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
-from retina_fgvis.cli.studies import image_files, print_frame, weights_option
+from retina_fgvis.cli._app import BAD_INPUT, app, choice, console, default, fail
+from retina_fgvis.cli.studies import Reference, image_files, print_frame, weights_option
+from retina_fgvis.explain import explain, results_table
+from retina_fgvis.fgvis.games import GAMES
 
-
-class Game(str, Enum):
-    deletion = "deletion"
-    preservation = "preservation"
-    generation = "generation"
-    repression = "repression"
-
-
-class Reference(str, Enum):
-    zero = "zero"
-    black = "black"
+Game = choice("Game", GAMES)
 
 
 @app.command("explain")
@@ -32,27 +23,25 @@ def explain_command(
     weights: Optional[str] = typer.Option(None, "--weights", help=(
         "Local state_dict file; 'random' for random initialisation. Default: the pretrained weights "
         "(torchvision's from the torch hub cache only, never downloaded).")),
-    game: Game = typer.Option(Game.deletion, "--game", help="FGVis game."),
+    game: Game = typer.Option(Game(default(explain, "game")), "--game", help="FGVis game."),
     target: Optional[List[str]] = typer.Option(None, "--target", help=(
         "Class index or name to explain (repeat for several: class-discriminative explanations). "
         "Default: each image's most likely class.")),
-    lam: str = typer.Option("search", "--lam", help="'search' (13 λ values 1e-4…1e-10) or a fixed λ."),
+    lam: str = typer.Option(default(explain, "lam"), "--lam", help="'search' (13 λ values 1e-4…1e-10) or a fixed λ."),
     out: Path = typer.Option(Path("explanations"), "--out", help="Output folder."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 … (auto: CUDA when available)."),
-    max_iter: int = typer.Option(500, "--max-iter", help="SGD iterations per λ."),
-    lr: float = typer.Option(0.1, "--lr", help="SGD learning rate."),
-    secondary_drop: float = typer.Option(0.1, "--secondary-drop", help=(
+    max_iter: int = typer.Option(default(explain, "max_iter"), "--max-iter", help="SGD iterations per λ."),
+    lr: float = typer.Option(default(explain, "lr"), "--lr", help="SGD learning rate."),
+    secondary_drop: float = typer.Option(default(explain, "secondary_drop"), "--secondary-drop", help=(
         "For a class that is not the most likely one (deletion/repression): accept λ once its score is "
         "below this fraction of its clean score.")),
-    defense: bool = typer.Option(True, "--defense/--no-defense", help="Adversarial defense (Sec. 3.2)."),
-    reference: Reference = typer.Option(Reference.zero, "--reference", help="Zero in normalised space or black."),
+    defense: bool = typer.Option(default(explain, "defense"), "--defense/--no-defense", help="Adversarial defense (Sec. 3.2)."),
+    reference: Reference = typer.Option(Reference(default(explain, "reference")), "--reference", help="Zero in normalised space or black."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side in pixels (default 224)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Most explanations optimised at once."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the mask start."),
+    seed: int = typer.Option(default(explain, "seed"), "--seed", help="Seed of the mask start."),
 ) -> None:
     """FGVis explanations: a figure and arrays per image, results.csv/json (λ line search by default)."""
-    from retina_fgvis.explain import explain, results_table
-
     try:
         if lam != "search":
             try:

@@ -5,7 +5,6 @@ writes its CSV and its run record (``<study>_run.json``) into ``--out``.
 """
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import List, Optional
 
@@ -14,7 +13,8 @@ import typer
 from rich.table import Table
 
 from retina_fgvis._io import locked_folder
-from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
+from retina_fgvis.cli._app import BAD_INPUT, app, choice, console, fail
+from retina_fgvis.fgvis.references import IMAGE_REFERENCES
 
 study_app = typer.Typer(help="Reproduce the paper's ImageNet studies (deletion metric, Tables A1–A3).",
                         no_args_is_help=True)
@@ -25,9 +25,8 @@ _WEIGHTS_HELP = ("Local state_dict file; 'random' for random initialisation. Def
                  "(torchvision's from the torch hub cache only, never downloaded).")
 
 
-class Substrate(str, Enum):
-    zero = "zero"
-    black = "black"
+#: The references an image study or ``explain`` offers by name (also the deletion study's substrate).
+Reference = choice("Reference", IMAGE_REFERENCES)
 
 
 def weights_option(value: Optional[str]):
@@ -72,7 +71,7 @@ def deletion_command(
     weights: Optional[str] = typer.Option(None, "--weights", help=_WEIGHTS_HELP),
     methods: str = typer.Option("fgvis,gradcam,occlusion,random", "--methods",
                                 help="Comma-separated: fgvis, gradcam, occlusion, random."),
-    substrate: Substrate = typer.Option(Substrate.zero, "--substrate",
+    substrate: Reference = typer.Option(Reference("zero"), "--substrate",
                                         help="Removed pixels become zero in normalised space or black pixels."),
     out: Path = typer.Option(Path("deletion_study"), "--out", help="Output folder."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side in pixels (default 224)."),

@@ -26,6 +26,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 REFERENCES = ("zero", "black", "noise", "blur")
+#: The references that need no parameters: what ``explain`` and the studies offer by name.
+IMAGE_REFERENCES = REFERENCES[:2]
 
 
 def check_normalization(normalization) -> tuple[tuple[float, ...], tuple[float, ...]] | None:

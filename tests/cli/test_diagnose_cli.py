@@ -40,7 +40,7 @@ def test_diagnose_prints_a_table_and_writes_csvs(setup, tmp_path):
 
 @pytest.mark.parametrize("arguments, message", [
     (["--steps", "0,x"], "--steps: expected comma-separated integers"),
-    (["--images", "0"], "--images: expected an integer >= 1"),
+    (["--images", "0"], "images: expected an integer >= 1"),
     (["--stop-score", "2"], "stop: ScoreBelow threshold must be in (0, 1]"),
 ])
 def test_bad_input_is_one_red_line_and_writes_nothing(setup, tmp_path, arguments, message):

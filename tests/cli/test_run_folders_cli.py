@@ -47,11 +47,13 @@ def _commands(data, checkpoint, photo):
                         "--device", "cpu", "--instances", "1", "--out", "OUT"],
         RunKind.PREPARE: ["prepare", "eyepacs", data.eyepacs, "OUT", "--size", "32", "--workers", "1"],
         RunKind.SYNTHETIC: ["synth", "OUT", "--n-train", "2", "--n-test", "1", "--size", "64"],
+        RunKind.DIAGNOSE: ["diagnose", "--checkpoint", checkpoint, "--data-dir", data.root, "--dataset", "synthetic",
+                           "--images", "1", "--steps", "0", "--device", "cpu", "--out", "OUT"],
     }
 
 
 @pytest.mark.parametrize("command", [RunKind.TRAIN, RunKind.LOCALIZE, RunKind.EXPLAIN, RunKind.STUDY, RunKind.PREPARE,
-                                     RunKind.SYNTHETIC], ids=lambda kind: kind.value)
+                                     RunKind.SYNTHETIC, RunKind.DIAGNOSE], ids=lambda kind: kind.value)
 def test_each_command_refuses_another_commands_run_folder(command, synthetic_data, trained_checkpoint, photo,
                                                           tmp_path):
     other = RunKind.LOCALIZE if command is not RunKind.LOCALIZE else RunKind.TRAIN
