@@ -296,7 +296,7 @@ def deletion_study(images: Sequence, model="efficientnet_lite0", *, weights="def
                for method in methods for mode in ("deletion", "insertion")}
     config = {"study": "deletion", "model": model.name, "weights": model.weights,
               "image_size": model.image_size, "methods": list(methods), "substrate": substrate,
-              "points": int(metrics[methods[0], "deletion"].removed_fraction.numel()),
+              "points": int(metrics[methods[0], "deletion"].fractions.numel()),
               "lr": lr, "max_iter": max_iter, "stop_fraction": stop_fraction,
               "occlusion_window": window, "seed": seed, "images": names}
     record = claim_study(out_dir, "deletion", config)

@@ -6,8 +6,9 @@ from typing import Optional
 
 import typer
 
-from retina_fgvis.cli._app import BAD_INPUT, app, console, fail
-from retina_fgvis.datasets.synthetic import create_synthetic_set
+from retina_fgvis.cli._app import BAD_INPUT, app, console, default, fail
+from retina_fgvis.datasets.prepare import prepare_eyepacs
+from retina_fgvis.datasets.synthetic import create_synthetic_set, generate_synthetic
 
 prepare_app = typer.Typer(help="Preprocess a dataset once (FOV crop, square, resize, optional Graham).", no_args_is_help=True)
 app.add_typer(prepare_app, name="prepare")
@@ -16,10 +17,10 @@ app.add_typer(prepare_app, name="prepare")
 @app.command("synth")
 def synth(
     out: Path = typer.Argument(..., help="Output folder (created)."),
-    n_train: int = typer.Option(400, "--n-train", help="Training images (EyePACS layout, both eyes per patient)."),
-    n_test: int = typer.Option(40, "--n-test", help="Test images (both DiaretDB1 layouts)."),
-    size: int = typer.Option(256, "--size", help="Fundus disc diameter in pixels."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same files."),
+    n_train: int = typer.Option(default(generate_synthetic, "n_train"), "--n-train", help="Training images (EyePACS layout, both eyes per patient)."),
+    n_test: int = typer.Option(default(generate_synthetic, "n_test"), "--n-test", help="Test images (both DiaretDB1 layouts)."),
+    size: int = typer.Option(default(generate_synthetic, "size"), "--size", help="Fundus disc diameter in pixels."),
+    seed: int = typer.Option(default(generate_synthetic, "seed"), "--seed", help="Random seed; the same seed gives the same files."),
     label_rule: Optional[str] = typer.Option(None, "--label-rule", help="Known-evidence control, TYPE:k: RDR iff at "
                                              "least k lesions of TYPE (e.g. red_small_dots:1), the other types drawn "
                                              "independently of the label; default: the DR grade decides."),
@@ -44,13 +45,11 @@ def synth(
 def prepare_eyepacs_command(
     src: Path = typer.Argument(..., help="EyePACS folder (images in it or in train/, test/; label CSVs)."),
     dst: Path = typer.Argument(..., help="Output folder, same layout, PNG images."),
-    size: int = typer.Option(512, "--size", help="Output side in pixels."),
-    graham: bool = typer.Option(False, "--graham/--no-graham", help="Graham local-average-colour normalisation."),
+    size: int = typer.Option(default(prepare_eyepacs, "size"), "--size", help="Output side in pixels."),
+    graham: bool = typer.Option(default(prepare_eyepacs, "graham"), "--graham/--no-graham", help="Graham local-average-colour normalisation."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Worker processes (default: one per CPU; 1: no pool)."),
 ) -> None:
     """Crop, square and resize every EyePACS image once; rerun to finish an interrupted run."""
-    from retina_fgvis.datasets.prepare import prepare_eyepacs
-
     try:
         summary = prepare_eyepacs(src, dst, size=size, graham=graham, workers=workers, progress=True)
     except BAD_INPUT as error:
