@@ -24,8 +24,8 @@ METRIC_TOLERANCE = 1e-6
 #: Two processes of batch 4 against one of batch 8, without batch norm, augmentation or dropout: the same
 #: images per step, gradients averaged by DDP, so the same model up to float32 summation order. Measured
 #: (seeds 0–2, 2 epochs, 2-core CPU): max |Δp| 6e-8 on the validation images, weights ‖Δw‖/‖w‖ ≤ 1.1e-7,
-#: train loss |Δ| ≤ 4.1e-8 (both sides one thread per process). With batch norm and augmentation (per-process statistics and random streams)
-#: the two differ for real: max |Δp| 0.02–0.10, ‖Δw‖/‖w‖ 0.07–0.08.
+#: train loss |Δ| ≤ 4.1e-8 (both sides one thread per process). With batch norm and augmentation
+#: (per-process statistics and random streams) the two differ for real: max |Δp| 0.02–0.10, ‖Δw‖/‖w‖ 0.07–0.08.
 DDP_TOLERANCE = 1e-6
 
 SCRIPT = """
