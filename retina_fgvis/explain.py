@@ -87,7 +87,8 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
             lam: float | str = "search", lam_grid: Sequence[float] | None = None, secondary_drop: float = 0.1,
             max_iter: int = 500, lr: float = 0.1, defense: bool = True, reference: str = "zero",
             image_size: int | None = None, device=None, batch_size: int | None = None, seed: int = 0,
-            out_dir: str | os.PathLike | None = None, progress: bool = True) -> list[ImageExplanations]:
+            compile: bool = False, out_dir: str | os.PathLike | None = None,
+            progress: bool = True) -> list[ImageExplanations]:
     """FGVis explanations of ImageNet images.
 
     Args:
@@ -101,6 +102,8 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
         lam: ``"search"`` (default) or a fixed λ ≥ 0. ``lam_grid``: the search grid (default
             ``lambda_grid(1e-4, 1e-10, 13)``).
         max_iter, lr, defense, reference, batch_size, seed: passed to :class:`~retina_fgvis.fgvis.FGVis`.
+        compile: ``torch.compile`` the optimisation step (CUDA graphs on a GPU; docs/engine.md). Masks differ
+            from eager by round-off, so it is part of the run's settings.
         out_dir: when given, figures, arrays and tables are written there (module docstring). It must be
             new, empty or hold this same run (its ``run.json``); it is locked while the explanations run.
 
@@ -123,11 +126,13 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
     config = {"model": model.name, "weights": model.weights, "image_size": model.image_size, "game": game,
               "targets": wanted, "lam": lam, "lam_grid": list(grid), "secondary_drop": secondary_drop,
               "max_iter": max_iter, "lr": lr, "defense": defense, "reference": reference, "seed": seed,
-              "images": [str(image) if isinstance(image, (str, os.PathLike)) else name
+              "compile": compile, "images": [str(image) if isinstance(image, (str, os.PathLike)) else name
                          for image, name in zip(images, names)]}
     with contextlib.ExitStack() as stack:
         if out_dir is not None:
-            stack.enter_context(RunFolder(out_dir, RunKind.EXPLAIN).writing(config))
+            # Runs recorded before `compile` existed ran eagerly.
+            stack.enter_context(RunFolder(out_dir, RunKind.EXPLAIN).writing(
+                config, upgrade=lambda stored: {"compile": False, **stored}))
         inputs = model.preprocess_batch(images)
         with torch.no_grad():
             clean = model.model(inputs).softmax(dim=1)
@@ -137,7 +142,8 @@ def explain(images: Sequence, model_name: str | ImageNetModel = "googlenet", *, 
         row_target = top.cpu()[row_image] if wanted is None else torch.tensor(wanted).repeat(len(inputs))
         primary = row_target == top.cpu()[row_image]
         fgvis = FGVis(model.model, game=game, defense=defense, reference=reference, lr=lr, max_iter=max_iter,
-                      normalization=model.normalization, batch_size=batch_size, seed=seed, progress=progress)
+                      normalization=model.normalization, batch_size=batch_size, seed=seed, compile=compile,
+                      progress=progress)
         results: dict[int, tuple] = {}
         for is_primary in (True, False):
             rows = (primary == is_primary).nonzero()[:, 0]

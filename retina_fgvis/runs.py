@@ -186,7 +186,8 @@ class RunFolder:
 
     @contextlib.contextmanager
     def writing(self, config: Mapping[str, Any], *, ignore: tuple[str, ...] = (), shard: tuple[int, int] | None = None,
-                exclusive: bool = True) -> Iterator[FolderLock]:
+                exclusive: bool = True, upgrade: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None
+                ) -> Iterator[FolderLock]:
         """Hold the folder (or one shard of it) for the ``with`` block, claimed for ``config`` and recorded.
 
         The claim and the record are made under the whole folder's lock, which shards take in turn
@@ -196,7 +197,7 @@ class RunFolder:
         scope = None if shard is None else f"shard-{shard[0]}-of-{shard[1]}"
         with locked_folder(self.path, scope=scope, name=self.name) as lock:
             with locked_folder(self.path, timeout=0 if shard is None else CLAIM_TIMEOUT, name=self.name):
-                if not self.claim(config, ignore=ignore, exclusive=exclusive):
+                if not self.claim(config, ignore=ignore, exclusive=exclusive, upgrade=upgrade):
                     self.write_info(config)
             yield lock
 

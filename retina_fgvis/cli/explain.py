@@ -40,6 +40,8 @@ def explain_command(
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side in pixels (default 224)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Most explanations optimised at once."),
     seed: int = typer.Option(default(explain, "seed"), "--seed", help="Seed of the mask start."),
+    compile_step: bool = typer.Option(default(explain, "compile"), "--compile/--no-compile",
+                                      help="torch.compile the optimisation step (CUDA graphs on a GPU)."),
 ) -> None:
     """FGVis explanations: a figure and arrays per image, results.csv/json (λ line search by default)."""
     try:
@@ -53,7 +55,7 @@ def explain_command(
         results = explain(image_files(images), model, weights=weights_option(weights), game=game.value,
                           targets=target or None, lam=lam_value, secondary_drop=secondary_drop, max_iter=max_iter,
                           lr=lr, defense=defense, reference=reference.value, image_size=image_size, device=device,
-                          batch_size=batch_size, seed=seed, out_dir=out)
+                          batch_size=batch_size, seed=seed, compile=compile_step, out_dir=out)
     except BAD_INPUT as error:
         fail(error)
     rows = results_table(results)

@@ -1,6 +1,7 @@
 """``retina-fgvis explain`` and ``retina-fgvis study ...``: outputs, tables, and one red line for bad input."""
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import skimage.data
@@ -85,3 +86,14 @@ def test_explain_refuses_another_runs_folder(photos, tmp_path, snapshot):
     assert snapshot(tmp_path) == before
     # The same run again rewrites the same files.
     assert runner.invoke(app, [*args, "--lam", "1e-8"]).exit_code == 0
+
+
+@pytest.mark.slow
+def test_explain_compiled_matches_eager_and_records_it(photos, tmp_path):
+    arguments = ["explain", str(photos / "chelsea.png"), *LITE, "--lam", "1e-8", "--max-iter", "3"]
+    eager = runner.invoke(app, [*arguments, "--out", str(tmp_path / "eager")])
+    compiled = runner.invoke(app, [*arguments, "--compile", "--out", str(tmp_path / "compiled")])
+    assert eager.exit_code == 0 and compiled.exit_code == 0, compiled.output
+    assert json.loads((tmp_path / "compiled" / "run.json").read_text())["config"]["compile"] is True
+    masks = [np.load(tmp_path / name / "chelsea" / "arrays.npz")["mask"] for name in ("eager", "compiled")]
+    assert np.abs(masks[0] - masks[1]).max() <= 1e-4  # float32 round-off of a fused graph over 3 steps
