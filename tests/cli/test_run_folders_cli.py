@@ -74,3 +74,17 @@ def test_train_refuses_its_own_kind_with_other_settings_naming_them(synthetic_da
                          image_size=32, device="cpu").resolved()
     RunFolder(folder, RunKind.TRAIN).write_info(stored.to_dict())
     _refused_untouched(arguments, folder, "holds another run's results (width 8 vs 4)")
+
+
+@pytest.mark.parametrize("command, changed, difference", [
+    (RunKind.STUDY, ["--seed", "1"], "reference_entropy_run.json holds another run's results (seed 0 vs 1)"),
+    (RunKind.DIAGNOSE, ["--lam", "1e-8"], "run.json holds another run's results (lam 1e-10 vs 1e-08)"),
+], ids=["study", "diagnose"])
+def test_a_command_reruns_its_own_folder_and_refuses_other_settings(command, changed, difference, synthetic_data,
+                                                                   trained_checkpoint, photo, tmp_path):
+    folder = tmp_path / "mine"
+    arguments = [folder if a == "OUT" else a for a in _commands(synthetic_data, trained_checkpoint, photo)[command]]
+    for _ in range(2):  # a new folder, then the same run again
+        result = runner.invoke(app, [str(a) for a in arguments])
+        assert result.exit_code == 0, result.output
+    _refused_untouched([*arguments, *changed], folder, difference)
