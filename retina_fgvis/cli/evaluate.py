@@ -35,8 +35,8 @@ def score(
     run: Path = typer.Argument(..., help="Run folder written by `retina-fgvis localize`."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     dataset: Dataset = typer.Option(Dataset(default(LocalizeConfig, "dataset")), "--dataset", help="Layout of --data-dir."),
-    tolerance: int = typer.Option(0, "--tolerance", help="A lesion counts as hit within this many pixels."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the chance control's rotation angles."),
+    tolerance: int = typer.Option(default(score_run, "tolerance"), "--tolerance", help="A lesion counts as hit within this many pixels."),
+    seed: int = typer.Option(default(score_run, "seed"), "--seed", help="Seed of the chance control's rotation angles."),
 ) -> None:
     """Score a run: RUN/per_image.csv and RUN/summary.json, and print the table."""
     try:
@@ -57,9 +57,9 @@ def compare(
     out: Path = typer.Option(..., "--out", help="Folder for comparison.json and comparison.csv."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     dataset: Dataset = typer.Option(Dataset(default(LocalizeConfig, "dataset")), "--dataset", help="Layout of --data-dir."),
-    tolerance: int = typer.Option(0, "--tolerance", help="A lesion counts as hit within this many pixels."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the chance control's rotation angles and of the bootstrap."),
-    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples of the images (95 % intervals)."),
+    tolerance: int = typer.Option(default(score_run, "tolerance"), "--tolerance", help="A lesion counts as hit within this many pixels."),
+    seed: int = typer.Option(default(compare_runs, "seed"), "--seed", help="Seed of the chance control's rotation angles and of the bootstrap."),
+    resamples: int = typer.Option(default(compare_runs, "n_resamples"), "--resamples", help="Bootstrap resamples of the images (95 % intervals)."),
 ) -> None:
     """Compare runs side by side: own threshold, matched area, chance, FROC and ROC scores with bootstrap
     intervals; writes OUT/comparison.json, comparison.csv, froc.csv, froc_scores.csv."""

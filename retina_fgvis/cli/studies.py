@@ -13,7 +13,10 @@ import typer
 from rich.table import Table
 
 from retina_fgvis._io import locked_folder
-from retina_fgvis.cli._app import BAD_INPUT, app, choice, console, fail
+from retina_fgvis.cli._app import BAD_INPUT, app, choice, console, default, fail
+from retina_fgvis.evaluation.deletion import DELETION_METHODS, deletion_study, summarize_deletion
+from retina_fgvis.evaluation.studies import (IMAGE_EXTENSIONS, adversarial_evidence, adversarial_table, colour_swap,
+                                             colour_swap_table, entropy_table, reference_entropy)
 from retina_fgvis.fgvis.references import IMAGE_REFERENCES
 
 study_app = typer.Typer(help="Reproduce the paper's ImageNet studies (deletion metric, Tables A1–A3).",
@@ -51,8 +54,6 @@ def print_frame(frame: pd.DataFrame, title: str) -> None:
 
 def image_files(paths: List[Path]) -> list[Path]:
     """Expand folders into their image files (sorted, recursive); files are kept as given."""
-    from retina_fgvis.evaluation.studies import IMAGE_EXTENSIONS
-
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -69,21 +70,19 @@ def deletion_command(
     images: List[Path] = typer.Argument(..., help="Image files or folders of images."),
     model: str = typer.Option(..., "--model", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, "--weights", help=_WEIGHTS_HELP),
-    methods: str = typer.Option("fgvis,gradcam,occlusion,random", "--methods",
+    methods: str = typer.Option(",".join(DELETION_METHODS), "--methods",
                                 help="Comma-separated: fgvis, gradcam, occlusion, random."),
-    substrate: Reference = typer.Option(Reference("zero"), "--substrate",
+    substrate: Reference = typer.Option(Reference(default(deletion_study, "substrate")), "--substrate",
                                         help="Removed pixels become zero in normalised space or black pixels."),
     out: Path = typer.Option(Path("deletion_study"), "--out", help="Output folder."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side in pixels (default 224)."),
-    max_iter: int = typer.Option(500, "--max-iter", help="FGVis iterations per λ."),
-    lr: float = typer.Option(0.3, "--lr", help="FGVis learning rate (§A4.1: 0.3)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Perturbed images per forward pass."),
+    max_iter: int = typer.Option(default(deletion_study, "max_iter"), "--max-iter", help="FGVis iterations per λ."),
+    lr: float = typer.Option(default(deletion_study, "lr"), "--lr", help="FGVis learning rate (§A4.1: 0.3)."),
+    batch_size: int = typer.Option(default(deletion_study, "batch_size"), "--batch-size", help="Perturbed images per forward pass."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, cuda:1 … (auto: CUDA when available)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the tie-breaking and random rankings."),
+    seed: int = typer.Option(default(deletion_study, "seed"), "--seed", help="Seed of the tie-breaking and random rankings."),
 ) -> None:
     """Deletion/insertion curves and AUCs (§A4.1) of FGVis, Grad-CAM, occlusion and a random ranking."""
-    from retina_fgvis.evaluation.deletion import deletion_study, summarize_deletion
-
     try:
         with locked_folder(out):
             frame = deletion_study(image_files(images), model, weights=weights_option(weights), image_size=image_size,
@@ -105,15 +104,13 @@ def adversarial_command(
                                           help="Seeded sample of N classes (default: all but the two omitted)."),
     out: Path = typer.Option(Path("adversarial_study"), "--out", help="Output folder."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side in pixels (default 224)."),
-    max_iter: int = typer.Option(500, "--max-iter", help="Generation-game iterations."),
-    lr: float = typer.Option(0.1, "--lr", help="Learning rate."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Classes optimised at once."),
+    max_iter: int = typer.Option(default(adversarial_evidence, "max_iter"), "--max-iter", help="Generation-game iterations."),
+    lr: float = typer.Option(default(adversarial_evidence, "lr"), "--lr", help="Learning rate."),
+    batch_size: int = typer.Option(default(adversarial_evidence, "batch_size"), "--batch-size", help="Classes optimised at once."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, … (auto: CUDA when available)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the class sample and mask start."),
+    seed: int = typer.Option(default(adversarial_evidence, "seed"), "--seed", help="Seed of the class sample and mask start."),
 ) -> None:
     """Table A1: share of classes generated from a black image (λ = 0), with and without the defense."""
-    from retina_fgvis.evaluation.studies import adversarial_evidence, adversarial_table
-
     try:
         with locked_folder(out):
             frame = adversarial_evidence(model, classes=classes, max_iter=max_iter, lr=lr, batch_size=batch_size,
@@ -132,16 +129,14 @@ def entropy_command(
     images: List[Path] = typer.Argument(..., help="Image files or folders (e.g. ImageNet validation images)."),
     model: str = typer.Option(..., "--model", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, "--weights", help=_WEIGHTS_HELP),
-    instances: int = typer.Option(1000, "--instances", help="Random instances per reference (images are sampled)."),
+    instances: int = typer.Option(default(reference_entropy, "n_instances"), "--instances", help="Random instances per reference (images are sampled)."),
     out: Path = typer.Option(Path("entropy_study"), "--out", help="Output folder."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side in pixels (default 224)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(default(reference_entropy, "batch_size"), "--batch-size", help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, … (auto: CUDA when available)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the noise and the image sample."),
+    seed: int = typer.Option(default(reference_entropy, "seed"), "--seed", help="Seed of the noise and the image sample."),
 ) -> None:
     """Table A2: softmax entropy of zero, noise, blurred-image and image references."""
-    from retina_fgvis.evaluation.studies import entropy_table, reference_entropy
-
     try:
         with locked_folder(out):
             frame = reference_entropy(image_files(images), model, n_instances=instances, batch_size=batch_size,
@@ -160,15 +155,13 @@ def colour_swap_command(
     weights: Optional[str] = typer.Option(None, "--weights", help=_WEIGHTS_HELP),
     synsets: Optional[Path] = typer.Option(None, "--synsets",
                                            help="WordNet ids in class-index order (for wnid-named folders)."),
-    rows: int = typer.Option(19, "--rows", help="Most and least affected classes shown."),
+    rows: int = typer.Option(default(colour_swap_table, "rows"), "--rows", help="Most and least affected classes shown."),
     out: Path = typer.Option(Path("colour_swap_study"), "--out", help="Output folder."),
     image_size: Optional[int] = typer.Option(None, "--image-size", help="Input side in pixels (default 224)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
+    batch_size: int = typer.Option(default(colour_swap, "batch_size"), "--batch-size", help="Images per forward pass."),
     device: str = typer.Option("auto", "--device", help="cpu, cuda, … (auto: CUDA when available)."),
 ) -> None:
     """Table A3: share of correct classifications kept after swapping BGR to RBG and GRB, per class."""
-    from retina_fgvis.evaluation.studies import colour_swap, colour_swap_table
-
     try:
         with locked_folder(out):
             frame = colour_swap(data, model, synsets=synsets, batch_size=batch_size, weights=weights_option(weights),
