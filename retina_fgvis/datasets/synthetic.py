@@ -43,7 +43,7 @@ from skimage import draw
 
 from retina_fgvis._io import atomic_write_bytes, atomic_write_csv, atomic_write_png, atomic_write_text, locked_folder
 from retina_fgvis.checks import check_int
-from retina_fgvis.runs import RunFolder, RunFolderError, RunKind
+from retina_fgvis.runs import RUN_RECORD, RunFolder, RunFolderError, RunKind
 from retina_fgvis.datasets.diaretdb1 import (
     LESION_TYPES,
     N_EXPERTS,
@@ -631,6 +631,9 @@ def create_synthetic_set(out: str | os.PathLike, *, n_train: int, n_test: int, s
             # synthetic.json is written last, so a folder holding it holds a finished set.
             finished = record.claim(wanted, ignore=_DERIVED_SETTINGS)
         except RunFolderError as error:
+            if record.read_info(required=False) is not None or (out / RUN_RECORD).exists():
+                raise
+            # Files but no record: most likely a set whose writing was interrupted.
             raise RunFolderError(f"{error} (an interrupted synth: delete the folder and rerun)") from None
         if finished:
             recorded = str(read_label_rule(out))
