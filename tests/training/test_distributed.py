@@ -32,7 +32,7 @@ SCRIPT = """
 import json, sys
 from retina_fgvis.training import TrainConfig, train
 settings = dict(dataset="eyepacs", data_dir=sys.argv[1], out=sys.argv[2], image_size=48, width=4, batch_size=4,
-                lr=3e-3, device="cpu", progress=False, norm_samples=8)
+                device="cpu", progress=False, norm_samples=8)
 result = train(TrainConfig(**{**settings, **json.loads(sys.argv[3])}))
 print("rank-done", result.is_main, result.metrics["epoch"])
 """
@@ -80,11 +80,11 @@ def test_two_gloo_processes_write_one_checkpoint_in_the_single_process_format(ti
 def test_two_gloo_processes_train_the_single_process_model(tiny_eyepacs, tmp_path):
     """2 processes × batch 4 = 1 process × batch 8, to float32 round-off (:data:`DDP_TOLERANCE`)."""
     out = tmp_path / "ddp"
-    _torchrun(tmp_path, tiny_eyepacs, out, epochs=2, **DETERMINISTIC)
+    _torchrun(tmp_path, tiny_eyepacs, out, epochs=2, lr=3e-3, **DETERMINISTIC)
     # The single process also runs one thread: AdamW divides by √v, so a parameter with a tiny gradient
     # would turn another thread count's summation order into a visible difference.
     single = tmp_path / "single"
-    _torchrun(tmp_path, tiny_eyepacs, single, processes=1, epochs=2, batch_size=8, **DETERMINISTIC)
+    _torchrun(tmp_path, tiny_eyepacs, single, processes=1, epochs=2, batch_size=8, lr=3e-3, **DETERMINISTIC)
     ddp, one = load_classifier(out / "last.pt"), load_classifier(single / "last.pt")
     weights = [torch.cat([p.detach().flatten() for p in model.model.parameters()]) for model in (ddp, one)]
     assert float((weights[0] - weights[1]).norm() / weights[1].norm()) <= DDP_TOLERANCE
