@@ -328,10 +328,14 @@ def open_run(run_dir: str | os.PathLike) -> LocalizationRun:
     """Open a localization run folder (also one written before run records had a kind);
     :class:`RunFolderError` naming the path if it is not one."""
     folder = RunFolder(run_dir, RunKind.LOCALIZE, name="run")
+    if not folder.path.is_dir():
+        raise RunFolderError(f"run folder {folder.path}: does not exist or is not a folder")
     try:
-        info = folder.info()
+        info = folder.read_info(required=True)
     except RunFolderError as error:
         raise RunFolderError(f"{error}; not a localization run") from None
+    if info.kind != folder.kind:
+        raise RunFolderError(f"{folder.record_path}: not a localization run (a {info.kind or 'unknown'} run)")
     finished = folder.finished_items()
     if not finished:
         raise RunFolderError(f"run folder {folder.path}: no finished images under {folder.path / 'images'}")

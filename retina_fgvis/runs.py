@@ -126,16 +126,6 @@ class RunFolder:
         """The run record, ``None`` if there is none (:class:`RunFolderError` with ``required``)."""
         return read_info(self.record_path, required=required)
 
-    def info(self) -> RunInfo:
-        """The run record, which must exist and be of this folder's kind (:class:`RunFolderError` otherwise)."""
-        if not self.path.is_dir():
-            raise RunFolderError(f"run folder {self.path}: does not exist or is not a folder")
-        info = self.read_info(required=True)
-        if info.kind != self.kind:
-            raise RunFolderError(f"{self.record_path}: not a {self.kind} run "
-                                 f"({'a ' + info.kind + ' run' if info.kind else 'no kind recorded'})")
-        return info
-
     def claim(self, config: Mapping[str, Any], *, ignore: tuple[str, ...] = (), exclusive: bool = True,
               upgrade: Callable[[dict[str, Any]], Mapping[str, Any]] | None = None) -> bool:
         """Refuse this folder unless it can hold the run ``config`` describes (nothing is written here).

@@ -15,7 +15,7 @@ def test_a_record_names_its_kind_and_format_version(tmp_path):
     stored = json.loads(path.read_text())
     assert (stored["kind"], stored["format_version"]) == ("localize", FORMAT_VERSION)
     assert stored["config"] == {"method": "fgvis", "t": [1, 2]} and "torch" in stored["environment"]
-    info = RunFolder(tmp_path / "run", "localize").info()
+    info = RunFolder(tmp_path / "run", "localize").read_info(required=True)
     assert (info.kind, info.format_version, info.config["t"]) == ("localize", FORMAT_VERSION, [1, 2])
 
 
@@ -70,7 +70,7 @@ def test_two_studies_share_a_folder_and_each_refuses_other_settings(tmp_path):
 ])
 def test_records_written_before_kinds_existed_still_read(tmp_path, name, config, kind):
     atomic_write_json(tmp_path / name, {"config": config, "environment": {}})
-    info = RunFolder(tmp_path, kind, record=name).info()
+    info = RunFolder(tmp_path, kind, record=name).read_info(required=True)
     assert (info.kind, info.format_version, info.config) == (kind, 0, config)
     # a version-0 train record resumes under the new format (its "task" key is the kind)
     assert RunFolder(tmp_path, kind, record=name).claim({k: v for k, v in config.items() if k != "task"}) is True
@@ -95,7 +95,7 @@ def test_items_are_finished_by_their_record_and_the_run_is_complete_when_all_are
 def test_a_record_that_is_not_one_is_named(tmp_path):
     (tmp_path / "run.json").write_text('{"epochs": 3}')
     with pytest.raises(RunFolderError, match=r"run\.json: not a run record \(no 'config' object\)"):
-        RunFolder(tmp_path, RunKind.LOCALIZE).info()
+        RunFolder(tmp_path, RunKind.LOCALIZE).read_info(required=True)
     with pytest.raises(RunFolderError, match=r"run\.json is not a run record of this command"):
         RunFolder(tmp_path, RunKind.LOCALIZE).claim({"a": 1})
     with pytest.raises(RunFolderError, match="is a file, not a folder"):
