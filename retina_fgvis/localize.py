@@ -408,7 +408,9 @@ def localize(config: LocalizeConfig) -> Path:
     run_config = _run_config(config, checkpoint, all_ids, classifier)
     shard = _resolve_shard(config.shard)
     # A process holds its part of the folder (the whole run, or its shard) until it returns.
-    with run.writing(run_config, ignore=_PATH_KEYS, shard=shard) as lock:
+    # Runs recorded before `compile` existed ran eagerly.
+    with run.writing(run_config, ignore=_PATH_KEYS, shard=shard, upgrade=lambda stored: {"compile": False, **stored}
+                     ) as lock:
         _explain_batches(config, classifier, dataset, shard_batches(all_ids, config.batch_size, shard), run, lock)
     return run.path
 
