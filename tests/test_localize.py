@@ -376,3 +376,16 @@ def test_localize_writes_full_resolution_overlays_linked_from_the_report(tmp_pat
     score_run(run, open_diaretdb1(tmp_path / "ddb1"), progress=False)
     html = write_report(run, embed=False).read_text()
     assert '<a href="images/image001/overlay_full.png" target="_blank"' in html
+
+
+def test_a_run_recorded_before_run_records_had_a_kind_resumes(runs, synthetic_data, trained_checkpoint, tmp_path):
+    # Version 0 of run.json: no kind or format version, and no `compile` setting (such runs were eager).
+    out = tmp_path / "run"
+    shutil.copytree(runs["gradcam"], out)
+    info = json.loads((out / "run.json").read_text())
+    info["config"].pop("compile")
+    (out / "run.json").write_text(json.dumps({"config": info["config"], "environment": info["environment"]}))
+    record = next(out.glob("images/*/record.json"))
+    record.unlink()  # one image left to do
+    localize(_config(synthetic_data, trained_checkpoint, out, method="gradcam"))
+    assert record.is_file() and "kind" not in json.loads((out / "run.json").read_text())  # resumed, record kept
