@@ -1,9 +1,9 @@
 """The pipelines that combine the core with training and evaluation: the demo, the known-evidence control and
 localize's merge step (score a finished run, write its report).
 
-The CLI commands (``demo``, ``localize``) parse options and call these; a notebook can call them too.
+The CLI commands (``demo``, ``localize``, ``diagnose``) parse options and call these; a notebook can call them too.
 :func:`run_demo` builds the set, trains a small classifier, localizes the lesions with FGVis and with
-Grad-CAM, scores and compares both, and writes the HTML report (measured: 8.8 min on two shared CPU
+Grad-CAM, scores and compares both, and writes the HTML report (measured: 2.6 min on two idle CPU
 cores, docs/localize.md). :func:`run_control` is the known-evidence control (docs/evaluation.md): a set
 whose label one lesion type decides, a classifier trained on it, FGVis on its test images and the
 explainer's sensitivity on the deciding type against the independent types and chance.
