@@ -1,5 +1,5 @@
-"""The pipelines that combine the core with training and evaluation: the demo, the known-evidence control and
-localize's merge step (score a finished run, write its report).
+"""The pipelines that combine the core with training and evaluation: the demo, the known-evidence control,
+localize's merge step (score a finished run, write its report) and the defense diagnostic of a checkpoint.
 
 The CLI commands (``demo``, ``localize``, ``diagnose``) parse options and call these; a notebook can call them too.
 :func:`run_demo` builds the set, trains a small classifier, localizes the lesions with FGVis and with
