@@ -207,15 +207,9 @@ def open_dataset(dataset: str, data_dir: str | os.PathLike):
     ``DatasetError`` (a ``ValueError``) naming it.
     """
     from retina_fgvis.datasets.diaretdb1 import open_diaretdb1
-    from retina_fgvis.datasets.errors import DatasetError
+    from retina_fgvis.datasets.synthetic import require_synthetic_set
 
-    root = Path(data_dir)
-    if dataset == "synthetic":
-        if not (root / "synthetic.json").is_file():
-            raise DatasetError(root, "no semi-synthetic set here (no synthetic.json); create one with "
-                                     "`retina-fgvis synth`")
-        root = root / "diaretdb1"
-    return open_diaretdb1(root)
+    return open_diaretdb1(require_synthetic_set(data_dir).diaretdb1 if dataset == "synthetic" else Path(data_dir))
 
 
 def checkpoint_sha256(path: Path) -> str:

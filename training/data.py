@@ -19,10 +19,9 @@ from monai.transforms import (Compose, EnsureTyped, MapTransform, NormalizeInten
                               RandRotated, RandScaleIntensityd, RandZoomd)
 from torch.utils.data import DistributedSampler
 
-from retina_fgvis.datasets.errors import DatasetError
 from retina_fgvis.datasets.eyepacs import SPLIT_COLUMNS, load_eyepacs_table, patient_split, read_split
 from retina_fgvis.datasets.fundus import load_fundus
-from retina_fgvis.datasets.synthetic import SET_RECORD
+from retina_fgvis.datasets.synthetic import require_synthetic_set
 from retina_fgvis.training.config import TrainConfig
 
 __all__ = ["LoadFundusd", "compute_normalization", "load_split", "make_loaders",
@@ -79,10 +78,7 @@ def _eyepacs_root(config: TrainConfig) -> Path:
         raise ValueError(f"data_dir: {root} is not a folder")
     if config.dataset == "eyepacs":
         return root
-    if not (root / SET_RECORD).is_file():  # written last by generate_synthetic: the set is complete
-        raise DatasetError(root, f"no semi-synthetic set here (no {SET_RECORD}); create one with "
-                                 f"`retina-fgvis synth {root}`")
-    return root / "eyepacs"
+    return require_synthetic_set(root).eyepacs
 
 
 def _check_split(split: pd.DataFrame, source: str) -> None:

@@ -57,7 +57,7 @@ def compare(
     out: Path = typer.Option(..., "--out", help="Folder for comparison.json and comparison.csv."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
     dataset: Dataset = typer.Option(Dataset(default(LocalizeConfig, "dataset")), "--dataset", help="Layout of --data-dir."),
-    tolerance: int = typer.Option(default(score_run, "tolerance"), "--tolerance", help="A lesion counts as hit within this many pixels."),
+    tolerance: int = typer.Option(default(compare_runs, "tolerance"), "--tolerance", help="A lesion counts as hit within this many pixels."),
     seed: int = typer.Option(default(compare_runs, "seed"), "--seed", help="Seed of the chance control's rotation angles and of the bootstrap."),
     resamples: int = typer.Option(default(compare_runs, "n_resamples"), "--resamples", help="Bootstrap resamples of the images (95 % intervals)."),
 ) -> None:

@@ -43,6 +43,7 @@ from skimage import draw
 
 from retina_fgvis._io import atomic_write_bytes, atomic_write_csv, atomic_write_png, atomic_write_text, locked_folder
 from retina_fgvis.checks import check_int
+from retina_fgvis.datasets.errors import DatasetError
 from retina_fgvis.runs import RUN_RECORD, RunFolder, RunFolderError, RunKind
 from retina_fgvis.datasets.diaretdb1 import (
     LESION_TYPES,
@@ -152,6 +153,16 @@ class LabelRule:
 def _set_record(root: str | os.PathLike, name: str = "out") -> RunFolder:
     """The set's record ``synthetic.json`` (a :class:`~retina_fgvis.runs.RunFolder` record of kind ``synthetic``)."""
     return RunFolder(root, RunKind.SYNTHETIC, record=SET_RECORD, name=name)
+
+
+def require_synthetic_set(root: str | os.PathLike) -> SyntheticPaths:
+    """The layout of the finished set in ``root`` (read only); ``DatasetError`` naming ``root`` when there is
+    none (its ``synthetic.json``, written last, is missing)."""
+    root = Path(root)
+    if not (root / SET_RECORD).is_file():
+        raise DatasetError(root, f"no semi-synthetic set here (no {SET_RECORD}); create one with "
+                                 f"`retina-fgvis synth {root}`")
+    return SyntheticPaths.of(root)
 
 
 def read_label_rule(root: str | os.PathLike) -> LabelRule | None:
