@@ -57,6 +57,7 @@ class Row:
     smoothing: float = 0.0  # the trainer's label smoothing
     network: dict = field(default_factory=dict)  # activation, batch_norm, downsample
     seed: int = 0  # the training's seed (weights, split, augmentation); the data set is always seed 0
+    class_weights: str = "none"  # the trainer's cross-entropy class weights
     defense: bool = True
     start: tuple[float, float] | None = None  # None = the paper's U(0.99, 1)
     lr: float = LR
@@ -66,11 +67,14 @@ class Row:
         options = "-".join(f"{k}={v}" for k, v in sorted(self.network.items()))
         smoothing = f"-ls{self.smoothing:g}" if self.smoothing else ""
         seed = f"-s{self.seed}" if self.seed else ""
-        return f"{self.layout}-w{self.width}-e{self.epochs}{smoothing}{seed}" + (f"-{options}" if options else "")
+        weights = "" if self.class_weights == "none" else f"-{self.class_weights}"
+        return (f"{self.layout}-w{self.width}-e{self.epochs}{smoothing}{weights}{seed}"
+                + (f"-{options}" if options else ""))
 
 
-ROWS = (
-    Row("plain w16, 24 ep (default)"),
+#: The layout and engine study; its classifiers were trained with class-balanced cross-entropy.
+_BALANCED_ROWS = (
+    Row("plain w16, 24 ep"),
     Row("  engine: defense off", defense=False),
     Row("  engine: start m = 1", start=(1.0, 1.0)),
     Row("  engine: lr 0.1", lr=0.1),
@@ -90,14 +94,20 @@ ROWS = (
     Row("plain w16, 24 ep, training seed 1", seed=1),
     Row("plain w16, 24 ep, training seed 2", seed=2),
 )
+#: The default classifier (cross-entropy without class weights) under three training seeds.
+_DEFAULT_ROWS = tuple(Row(f"default, training seed {seed}", seed=seed) for seed in range(3))
+ROWS = tuple(dataclasses.replace(row, class_weights="balanced") for row in _BALANCED_ROWS) + _DEFAULT_ROWS
 #: Rows run at 256 px (all rows run at 128 px).
-ROWS_256 = ("plain w16, 24 ep (default)", "  engine: defense off", "compact w16, 24 ep", "o_O (13 calls) w16, 24 ep",
+ROWS_256 = ("plain w16, 24 ep", "  engine: defense off", "compact w16, 24 ep", "o_O (13 calls) w16, 24 ep",
             "plain, ReLU", "plain w8", "plain w8, ReLU", "plain, 8 ep", "plain, 12 ep",
-            "plain w16, 24 ep, training seed 1", "plain w16, 24 ep, training seed 2")
+            "plain w16, 24 ep, training seed 1", "plain w16, 24 ep, training seed 2",
+            *(row.name for row in _DEFAULT_ROWS))
 
 
 def dataset(out: Path, size: int, n_train: int, n_test: int) -> Path:
-    root = out / f"data-{size}"
+    """The set of ``size`` px; its training images depend on ``n_train`` alone, so every test-set size
+    shares the trained classifiers."""
+    root = out / f"data-{size}-{n_train}-{n_test}"
     if not (root / "synthetic.json").is_file():
         generate_synthetic(root, n_train=n_train, n_test=n_test, size=size, seed=0, progress=True)
     return root
@@ -110,7 +120,7 @@ def trained(out: Path, data: Path, row: Row, size: int, n_train: int, n_test: in
     if done < row.epochs:  # new, or interrupted: resume from last.pt
         train(TrainConfig(resume=(run / "last.pt").is_file(),dataset="synthetic", data_dir=data, out=run, image_size=size,
                           epochs=row.epochs, width=row.width, layout=row.layout,
-                          label_smoothing=row.smoothing,
+                          label_smoothing=row.smoothing, class_weights=row.class_weights,
                           network_options=dict(row.network), batch_size=16, lr=3e-3, seed=row.seed, device="cpu",
                           progress=True))
     metrics = pd.read_csv(run / "metrics.csv")
@@ -121,14 +131,19 @@ def evaluate(checkpoint: Path, data: Path, row: Row, size: int) -> dict:
     classifier = load_classifier(checkpoint)
     model = classifier.model
     truth = open_diaretdb1(data / "diaretdb1")
-    labels = pd.read_csv(data / "images.csv").query("set == 'test'").set_index("image")["rdr"]
+    table = pd.read_csv(data / "images.csv").query("set == 'test'").set_index("image")
+    labels, grades = table["rdr"], table["grade"]
     samples = [truth.load(image_id, size=size) for image_id in truth.image_ids("test")]
     x = classifier.prepare(np.stack([s.image for s in samples]))
     prob = classifier.predict_proba(x)
     rdr = np.array([bool(labels[s.image_id]) for s in samples])
+    grade = np.array([int(grades[s.image_id]) for s in samples])
     confident = np.flatnonzero(prob >= 0.5)
     reference = float(classifier.predict_proba(torch.zeros_like(x[:1]))[0])
+    # non-RDR images below the stop value, per grade (0: no lesion; 1: 1–4 red small dots, none of RDR's lesions)
+    below = {str(g): [int((prob[grade == g] < STOP).sum()), int((grade == g).sum())] for g in (0, 1)}
     measured = {"non_rdr_below_stop": float((prob[~rdr] < STOP).mean()), "non_rdr": int((~rdr).sum()),
+                "non_rdr_below_stop_by_grade": below,
                 "rdr_confident": float((prob[rdr] >= 0.5).mean()), "rdr": int(rdr.sum()),
                 "reference_score": reference, "positives": int(len(confident))}
     if not len(confident):  # nothing to explain: the model calls no test image RDR

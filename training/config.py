@@ -9,9 +9,12 @@ from typing import Any
 from retina_fgvis.checks import check_int, check_number
 from retina_fgvis.models.fundus_cnn import FundusCNN
 
-__all__ = ["DATASETS", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "TrainConfig"]
+__all__ = ["CLASS_WEIGHTS", "DATASETS", "DATASET_DEFAULTS", "RESUMABLE_OVERRIDES", "TrainConfig"]
 
 DATASETS = ("eyepacs", "synthetic")
+#: How the cross-entropy weighs the two classes: ``"none"`` (as often as the training split holds them,
+#: so P(RDR) follows the data's class frequencies) or ``"balanced"`` (inverse class frequency, n / (2·n_c)).
+CLASS_WEIGHTS = ("none", "balanced")
 
 #: Defaults for the fields left as ``None``. Real EyePACS: the o_O resolution and width.
 #: Synthetic: small and fast enough to reach validation AUC >= 0.95 within minutes on 2 CPU cores.
@@ -39,6 +42,9 @@ class TrainConfig:
         augment: random rotation, flips, zoom, brightness and contrast of the training images (off: the
             images as they are, e.g. to compare a torchrun run with a single-process one exactly).
         label_smoothing: cross-entropy label smoothing; bounds the logit margin the classifier learns.
+        class_weights: a member of :data:`CLASS_WEIGHTS`. ``"balanced"`` multiplies the odds of RDR by
+            n_non-RDR / n_RDR against the data's, which lifts borderline non-RDR images above FGVis's stop
+            value (docs/defense.md), so the default is ``"none"``.
         layout: FundusCNN layout (``"plain"``: one 3×3 stride-1 convolution per stage; ``"compact"``: the
             same with o_O's 5×5 stride-2 stem; ``"o_O"``: Net A's 13 convolutions).
         network_options: further FundusCNN keyword arguments (``activation``, ``batch_norm``, ``downsample``).
@@ -68,6 +74,7 @@ class TrainConfig:
     dropout: float = 0.5
     augment: bool = True
     label_smoothing: float = 0.0
+    class_weights: str = "none"
     layout: str = "plain"
     network_options: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
@@ -112,6 +119,8 @@ class TrainConfig:
             raise ValueError(f"dropout: expected a probability in [0, 1), got {config.dropout!r}")
         if not 0.0 <= config.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing: expected a value in [0, 0.5), got {config.label_smoothing!r}")
+        if config.class_weights not in CLASS_WEIGHTS:
+            raise ValueError(f"class_weights: expected one of {list(CLASS_WEIGHTS)}, got {config.class_weights!r}")
         config.network_options = dict(config.network_options)
         # FundusCNN owns its architecture rules: a one-channel build checks layout and options before
         # anything is written.
@@ -132,4 +141,5 @@ class TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in values.items() if key in names}
         values.setdefault("layout", "o_O")  # runs from before layouts had names trained the o_O one
+        values.setdefault("class_weights", "balanced")  # and those from before the choice, class-balanced
         return cls(**values)

@@ -138,10 +138,13 @@ def _restore(payload: dict[str, Any], optimizer: torch.optim.Optimizer, schedule
     return epoch, history, (float(extra.get("best_auc", -1.0)), int(extra.get("best_epoch", 0)))
 
 
-def _class_weights(labels: pd.Series) -> torch.Tensor:
-    """Inverse class frequency, n / (2·n_c): both classes weigh the same in the loss."""
+def _class_weights(labels: pd.Series, mode: str, device: torch.device) -> torch.Tensor | None:
+    """The cross-entropy's class weights: ``None`` for ``"none"``; for ``"balanced"`` inverse class frequency,
+    n / (2·n_c), so that both classes weigh the same in the loss."""
+    if mode == "none":
+        return None
     counts = labels.value_counts().reindex([0, 1]).to_numpy(dtype=float)
-    return torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32)
+    return torch.tensor(counts.sum() / (2.0 * counts), dtype=torch.float32, device=device)
 
 
 def _cosine(epochs: int):
@@ -262,7 +265,7 @@ def _train(config: TrainConfig, ctx: DistContext, lock: FolderLock | None) -> Tr
         network = nn.parallel.DistributedDataParallel(
             network, device_ids=[device.index] if device.type == "cuda" else None)
     amp = config.amp and device.type == "cuda"
-    loss_function = nn.CrossEntropyLoss(weight=_class_weights(data.train_labels).to(device),
+    loss_function = nn.CrossEntropyLoss(weight=_class_weights(data.train_labels, config.class_weights, device),
                                         label_smoothing=config.label_smoothing)
     epoch_length = len(data.train_loader) if config.steps_per_epoch is None else min(config.steps_per_epoch,
                                                                                      len(data.train_loader))

@@ -9,10 +9,11 @@ from rich.table import Table
 
 from retina_fgvis.cli._app import BAD_INPUT, app, choice, console, default, fail
 from retina_fgvis.models.fundus_cnn import LAYOUTS
-from retina_fgvis.training.config import DATASET_DEFAULTS, DATASETS, TrainConfig
+from retina_fgvis.training.config import CLASS_WEIGHTS, DATASET_DEFAULTS, DATASETS, TrainConfig
 
 TrainingDataset = choice("TrainingDataset", DATASETS)
 Layout = choice("Layout", LAYOUTS)
+ClassWeights = choice("ClassWeights", CLASS_WEIGHTS)
 
 
 def _per_dataset(field: str) -> str:
@@ -37,6 +38,10 @@ def train_command(
                                         "deletion reaches its stop most often; docs/defense.md); compact: the same "
                                         "with o_O's 5×5 stride-2 stem; o_O: Net A's 13 convolutions."),
     label_smoothing: float = typer.Option(default(TrainConfig, "label_smoothing"), "--label-smoothing", help="Cross-entropy label smoothing."),
+    class_weights: ClassWeights = typer.Option(ClassWeights(default(TrainConfig, "class_weights")), "--class-weights",
+                                               help="none: the cross-entropy weighs each image alike, so P(RDR) "
+                                               "follows the training data; balanced: inverse class frequency "
+                                               "(lifts borderline non-RDR scores; docs/defense.md)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.pt at the next epoch."),
     seed: int = typer.Option(default(TrainConfig, "seed"), help="Seed for split, weights and augmentation."),
@@ -52,8 +57,9 @@ def train_command(
 
     config = TrainConfig(dataset=dataset.value, data_dir=data_dir, out=out, epochs=epochs, image_size=image_size,
                          batch_size=batch_size, lr=lr, width=width, layout=layout.value,
-                         label_smoothing=label_smoothing, device=device, resume=resume, seed=seed,
-                         workers=workers, tensorboard=tensorboard, augment=augment, graham=graham, progress=progress)
+                         label_smoothing=label_smoothing, class_weights=class_weights.value, device=device,
+                         resume=resume, seed=seed, workers=workers, tensorboard=tensorboard, augment=augment,
+                         graham=graham, progress=progress)
     try:
         result = train(config)
     except BAD_INPUT as error:

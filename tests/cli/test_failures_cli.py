@@ -47,7 +47,10 @@ def test_localize_is_refused_while_another_process_holds_the_folder(synthetic_da
 def test_two_concurrent_localize_processes_one_runs_the_other_is_refused(synthetic_data, trained_checkpoint,
                                                                          tmp_path):
     out = tmp_path / "run"
-    args = _localize(synthetic_data.root, trained_checkpoint, out, "--max-iter", "200")
+    # A stop value no explanation reaches keeps the first process at work for all its steps (about 10 s on
+    # 2 cores), so the second, started once the first holds the folder, meets it still running.
+    settings = ("--max-iter", "100", "--stop-score", "1e-12")
+    args = _localize(synthetic_data.root, trained_checkpoint, out, *settings)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen([CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     while not (out / ".retina-fgvis.holder.json").is_file():  # the second starts once the first holds the folder
@@ -60,7 +63,7 @@ def test_two_concurrent_localize_processes_one_runs_the_other_is_refused(synthet
     assert f"is in use by pid {first.pid}" in second.stderr and "retina-fgvis localize" in second.stderr
     assert len(second.stderr.strip().splitlines()) == 1
     single = tmp_path / "single"
-    alone = runner.invoke(app, _localize(synthetic_data.root, trained_checkpoint, single, "--max-iter", "200"))
+    alone = runner.invoke(app, _localize(synthetic_data.root, trained_checkpoint, single, *settings))
     assert alone.exit_code == 0, alone.output
 
     def contents(folder: Path) -> dict[str, object]:

@@ -86,7 +86,7 @@ def test_resume_from_a_checkpoint_of_another_architecture(done_run, tmp_path, sn
 
 
 @pytest.mark.parametrize("field, value", [("dataset", "kaggle"), ("image_size", 16), ("epochs", 0), ("lr", -1.0),
-                                          ("val_fraction", 1.0), ("width", 2.5)])
+                                          ("val_fraction", 1.0), ("width", 2.5), ("class_weights", "inverse")])
 def test_bad_settings_name_the_setting(tmp_path, tiny_eyepacs, tiny_config, field, value):
     with pytest.raises(ValueError, match=field):
         train(tiny_config(tiny_eyepacs, tmp_path / "out", **{field: value}))

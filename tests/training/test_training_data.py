@@ -59,3 +59,10 @@ def test_config_defaults_per_dataset():
     eyepacs = TrainConfig(dataset="eyepacs", data_dir="d", out="x", width=16).resolved()
     assert eyepacs.image_size == 512 and eyepacs.width == 16
     assert TrainConfig.from_dict(config.to_dict()).resolved() == config
+
+
+def test_runs_recorded_before_the_class_weights_choice_read_as_class_balanced():
+    stored = TrainConfig(dataset="synthetic", data_dir="d", out="x").to_dict()
+    assert stored["class_weights"] == "none"  # the default
+    del stored["class_weights"]
+    assert TrainConfig.from_dict(stored).class_weights == "balanced"
