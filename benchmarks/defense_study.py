@@ -11,7 +11,8 @@ Row columns: val AUC (best epoch), confident positives (P ≥ 0.5), defended-del
 (count and rate), median iterations and median marked area (share of the field of view) of the
 successful explanations, lesion sensitivity of the binarized masks of the successful explanations
 vs the same masks rotated (the chance control of ``evaluate``), the share of non-RDR test images
-(ground truth) already below 0.10, P(RDR) of the zero reference, and the defense diagnostic's
+(ground truth) already below 0.10 (also per grade, 0 and 1, in ``rows.jsonl``), P(RDR) of the zero
+reference, and the defense diagnostic's
 median cosine between defended and undefended mask gradients at step 0 and after 20 steps (rows
 that stopped earlier keep their last mask). Also the median target-logit margin of the successful and
 the failed explanations.

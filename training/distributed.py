@@ -7,6 +7,7 @@ is a world of one and touches nothing.
 from __future__ import annotations
 
 import contextlib
+import gc
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
@@ -88,4 +89,7 @@ def distributed_context(device: str | torch.device | None = "auto") -> Iterator[
                           device=resolved)
     finally:
         if created:
+            # What still holds the group (DDP's reducer, kept alive by the engines' reference cycles) is freed
+            # while the group and the interpreter are alive, not during the interpreter's shutdown.
+            gc.collect()
             dist.destroy_process_group()

@@ -2,8 +2,10 @@
 randomness (batch-norm statistics, augmentation, dropout) they train the single-process model."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -34,7 +36,7 @@ from retina_fgvis.training import TrainConfig, train
 settings = dict(dataset="eyepacs", data_dir=sys.argv[1], out=sys.argv[2], image_size=48, width=4, batch_size=4,
                 device="cpu", progress=False, norm_samples=8)
 result = train(TrainConfig(**{**settings, **json.loads(sys.argv[3])}))
-print("rank-done", result.is_main, result.metrics["epoch"])
+print("rank-done", result.is_main, result.metrics["epoch"], flush=True)
 """
 #: The trainer's own per-process randomness, off: batch-norm statistics, augmentation, dropout.
 DETERMINISTIC = {"network_options": {"batch_norm": False}, "augment": False, "dropout": 0.0}
@@ -46,10 +48,22 @@ def _torchrun(tmp_path, data, out, processes=2, **settings):
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)] if processes > 1 else []
-    done = subprocess.run([sys.executable, *launcher, str(script), str(data), str(out), json.dumps(settings)],
-                          capture_output=True, text=True, timeout=240, env=env)
+    command = [sys.executable, *launcher, str(script), str(data), str(out), json.dumps(settings)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    if done.returncode and _aborted_after_finishing(done, processes):
+        # Rarely (in some full-suite runs on 2 cores, in none of 14 targeted runs) a gloo rank aborts while its
+        # interpreter shuts down, after train() has returned on every rank; rerun once, visibly (docs/training.md).
+        warnings.warn(f"torchrun: a rank aborted at exit after finishing; rerunning once\n{done.stderr[-1000:]}")
+        shutil.rmtree(out)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+def _aborted_after_finishing(done: subprocess.CompletedProcess, processes: int) -> bool:
+    """Every rank printed that train() returned, and one was then killed by SIGABRT."""
+    finished = sum(line.startswith("rank-done") for line in done.stdout.splitlines()) == processes
+    return finished and "SIGABRT" in done.stderr
 
 
 def test_two_gloo_processes_write_one_checkpoint_in_the_single_process_format(tiny_eyepacs, tiny_config, tmp_path):
