@@ -89,7 +89,7 @@ def distributed_context(device: str | torch.device | None = "auto") -> Iterator[
                           device=resolved)
     finally:
         if created:
-            # What still holds the group (DDP's reducer, kept alive by the engines' reference cycles) is freed
-            # while the group and the interpreter are alive, not during the interpreter's shutdown.
+            # Whatever reference cycles still keep of the group (DDP's reducer) is freed while the group and the
+            # interpreter are alive, not during the interpreter's shutdown.
             gc.collect()
             dist.destroy_process_group()
