@@ -12,9 +12,8 @@ Row columns: val AUC (best epoch), confident positives (P ≥ 0.5), defended-del
 successful explanations, lesion sensitivity of the binarized masks of the successful explanations
 vs the same masks rotated (the chance control of ``evaluate``), the share of non-RDR test images
 (ground truth) already below 0.10 (also per grade, 0 and 1, in ``rows.jsonl``), P(RDR) of the zero
-reference, and the defense diagnostic's
-median cosine between defended and undefended mask gradients at step 0 and after 20 steps (rows
-that stopped earlier keep their last mask). Also the median target-logit margin of the successful and
+reference, and the defense diagnostic's median cosine between defended and undefended mask gradients
+at step 0 and after 20 steps (rows that stopped earlier keep their last mask). Also the median target-logit margin of the successful and
 the failed explanations.
 
     python benchmarks/defense_study.py --out runs/defense-study            # the documented study
